@@ -1,0 +1,103 @@
+//! Building and running the application: bind (port 0 works), report the real address, serve
+//! until a shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::Server;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::config::{Config, LeakSettings};
+use crate::leaks::Leaks;
+
+/// How long in-flight requests get to finish once shutdown begins.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything the request handlers share.
+pub struct AppState {
+    /// The three leaks.
+    pub leaks: Leaks,
+}
+
+impl AppState {
+    /// The state of a fresh application whose background work stops when `shutdown` is cancelled.
+    pub fn new(settings: LeakSettings, shutdown: &CancellationToken) -> Self {
+        Self {
+            leaks: Leaks::new(settings, shutdown.child_token()),
+        }
+    }
+}
+
+/// A bound, not yet serving, application.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the configured address. Nothing is served until [`Application::run_until_stopped`].
+    pub async fn build(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let settings = config.leak_settings()?;
+        let acceptor = TcpListener::bind(config.addr)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {}", config.addr))?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .context("the TCP listener reports no local address")?;
+        let state = Arc::new(AppState::new(settings, &shutdown));
+        Ok(Self {
+            acceptor,
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The address actually bound: with port 0, the port the kernel picked.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the shutdown token is cancelled, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            acceptor,
+            addr,
+            state,
+            shutdown,
+        } = self;
+        tracing::info!(
+            %addr,
+            url = %format!("http://{addr}/"),
+            swagger = %format!("http://{addr}/swagger/"),
+            "leakfinder listening; no leak is active yet"
+        );
+        let routes = api::routes(state);
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(routes, shutdown.cancelled_owned(), Some(GRACEFUL_TIMEOUT))
+            .await
+            .context("the HTTP server failed")?;
+        tracing::info!("leakfinder stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
