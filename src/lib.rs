@@ -6,12 +6,12 @@
 //! started, stopped and reset over an OpenAPI-described HTTP API with Swagger UI.
 //!
 //! # Layout
-//! - [`config`]: the typed command-line and environment configuration.
-//! - [`app`]: binding, the shared [`app::AppState`], serving until shutdown.
-//! - [`api`]: the OpenAPI operations, the spec, Swagger UI and JSON errors.
-//! - [`leaks`]: the three leaks beside their globals, the safe counterpart, and the controller.
-//! - [`process`]: RSS and jemalloc counters, and returning freed memory to the OS.
-//! - [`telemetry`]: logging.
+//! - [`config`] — the typed command-line and environment configuration.
+//! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.
+//! - [`api`] — the OpenAPI operations, the spec, Swagger UI and JSON errors.
+//! - [`leaks`] — the three leaks beside their globals, the safe counterpart, and the controller.
+//! - [`process`] — RSS and jemalloc counters, and returning freed memory to the OS.
+//! - [`telemetry`] — logging.
 
 pub mod api;
 pub mod app;

@@ -18,7 +18,7 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     /// A 400 body for a request whose parameters did not parse.
-    pub fn bad_request(error: &poem::Error, valid: &str) -> Self {
+    pub fn bad_request(error: impl ToString, valid: &str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST.as_u16(),
             error: error.to_string(),
@@ -29,6 +29,12 @@ impl ErrorBody {
 
 /// What the kinds of leak are, for error bodies.
 pub const VALID_KINDS: &str = "kind is one of: slice, channel, mutex";
+
+/// The error of a leak operation whose only parameter, the kind, did not parse. (poem-openapi
+/// names path parameters by position in its own message, which would only confuse a reader.)
+pub fn bad_kind() -> ErrorBody {
+    ErrorBody::bad_request("unknown leak kind in the path", VALID_KINDS)
+}
 
 /// Turns any error that reached the top of the router into a JSON body with its status.
 pub async fn into_json(error: poem::Error) -> Response {

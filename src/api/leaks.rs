@@ -9,7 +9,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 
-use super::error::{ErrorBody, VALID_KINDS};
+use super::error::{ErrorBody, bad_kind};
 use crate::app::AppState;
 use crate::leaks::{LeakKind, StartOutcome, StopOutcome};
 
@@ -97,8 +97,8 @@ enum StartResponse {
     BadRequest(Json<ErrorBody>),
 }
 
-fn bad_start(error: poem::Error) -> StartResponse {
-    StartResponse::BadRequest(Json(ErrorBody::bad_request(&error, VALID_KINDS)))
+fn bad_start(_: poem::Error) -> StartResponse {
+    StartResponse::BadRequest(Json(bad_kind()))
 }
 
 #[derive(ApiResponse)]
@@ -112,8 +112,8 @@ enum StopResponse {
     BadRequest(Json<ErrorBody>),
 }
 
-fn bad_stop(error: poem::Error) -> StopResponse {
-    StopResponse::BadRequest(Json(ErrorBody::bad_request(&error, VALID_KINDS)))
+fn bad_stop(_: poem::Error) -> StopResponse {
+    StopResponse::BadRequest(Json(bad_kind()))
 }
 
 #[derive(ApiResponse)]
@@ -127,8 +127,8 @@ enum ResetResponse {
     BadRequest(Json<ErrorBody>),
 }
 
-fn bad_reset(error: poem::Error) -> ResetResponse {
-    ResetResponse::BadRequest(Json(ErrorBody::bad_request(&error, VALID_KINDS)))
+fn bad_reset(_: poem::Error) -> ResetResponse {
+    ResetResponse::BadRequest(Json(bad_kind()))
 }
 
 #[OpenApi(tag = "ApiTags::Leaks")]

@@ -188,7 +188,10 @@ impl StatusApi {
     async fn safe_test(
         &self,
         /// How many tasks to spawn (1 to 1000).
-        #[oai(default = "default_safe_tasks", validator(minimum(value = "1"), maximum(value = "1000")))]
+        #[oai(
+            default = "default_safe_tasks",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
         tasks: Query<u32>,
     ) -> SafeTestResponse {
         let run = run_safe_channel_tasks(

@@ -1,0 +1,173 @@
+//! `spawn_app`: starts the real binary on port 0 and talks to it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test, built by cargo in the same profile as this test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_leakfinder");
+
+/// A running service.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts the service with small, fast leaks unless `env` says otherwise.
+pub fn spawn_app(env: &[(&str, &str)]) -> TestApp {
+    let mut command = Command::new(BINARY);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("LEAKFINDER_ADDR", "127.0.0.1:0")
+        .env("LEAK_INTERVAL_MS", "5")
+        .env("LEAK_CHUNK_BYTES", "262144")
+        .env("LEAK_MAX_BYTES", "268435456");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the leakfinder binary was built by cargo for this test");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let sink = Arc::clone(&logs);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = listening_addr(&line) {
+                let _ = addr_tx.send(addr);
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the service logs its address within 20 s");
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        child,
+        logs,
+    }
+}
+
+/// The `addr=` field of the start-up line.
+fn listening_addr(line: &str) -> Option<String> {
+    if !line.contains("leakfinder listening") {
+        return None;
+    }
+    let rest = &line[line.find(" addr=")? + 6..];
+    Some(rest.split_whitespace().next()?.to_owned())
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GET, asserting the status, returning the JSON body.
+    pub async fn get_json(&self, path: &str, status: u16) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status().as_u16(), status, "GET {path}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/json"),
+            "GET {path}: {content_type}"
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn report(&self) -> Value {
+        self.get_json("/leak-test", 200).await
+    }
+
+    /// Polls `/leak-test` until `done` holds for it, for at most `within`.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let report = self.report().await;
+            if done(&report) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {report}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, for at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        while started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number in a JSON report, by a `/`-separated path.
+pub fn num(report: &Value, path: &str) -> u64 {
+    let pointer = format!("/{path}");
+    report
+        .pointer(&pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("{path} is a number in {report}"))
+}
+
+/// A boolean in a JSON report, by a `/`-separated path.
+pub fn flag(report: &Value, path: &str) -> bool {
+    let pointer = format!("/{path}");
+    report
+        .pointer(&pointer)
+        .and_then(Value::as_bool)
+        .unwrap_or_else(|| panic!("{path} is a boolean in {report}"))
+}

@@ -1,0 +1,12 @@
+//! Integration tests against the real `leakfinder` binary, one process per test on port 0.
+//!
+//! Each test starts its own process: the three leaks are process-wide globals by design, and the
+//! binary is the only place where jemalloc is the allocator, so this is the service users run.
+
+mod helpers;
+
+mod config;
+mod endpoints;
+mod leaks;
+mod shutdown;
+mod swagger;

@@ -1,0 +1,29 @@
+//! SIGTERM stops the service gracefully and quickly, whatever the leaks hold.
+
+use std::time::Duration;
+
+use crate::helpers::{num, spawn_app};
+
+#[tokio::test]
+async fn sigterm_with_all_three_leaks_running_exits_within_five_seconds() {
+    let mut app = spawn_app(&[("LEAK_CHUNK_BYTES", "4096"), ("LEAK_INTERVAL_MS", "1")]);
+    for kind in ["slice", "channel", "mutex"] {
+        app.get_json(&format!("/start-leak/{kind}"), 200).await;
+    }
+    app.wait_for(Duration::from_secs(30), "thousands of blocked tasks", |r| {
+        num(r, "leaks/channel/blocked_tasks") >= 2000
+    })
+    .await;
+
+    let (status, took) = app
+        .terminate(Duration::from_secs(5))
+        .expect("the service exits within 5 s of SIGTERM");
+    assert!(status.success(), "clean exit, got {status}");
+    assert!(took < Duration::from_secs(5));
+    let logs = app.logs();
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("shutting down") && line.contains("SIGTERM"))
+    );
+    assert!(logs.iter().any(|line| line.contains("leakfinder stopped")));
+}
