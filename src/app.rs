@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::config::{Config, LeakSettings};
 use crate::leaks::Leaks;
+use crate::profiling::Profilers;
 
 /// How long in-flight requests get to finish once shutdown begins.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -21,6 +22,8 @@ const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct AppState {
     /// The three leaks.
     pub leaks: Leaks,
+    /// The process's profilers.
+    pub profilers: Profilers,
 }
 
 impl AppState {
@@ -28,6 +31,7 @@ impl AppState {
     pub fn new(settings: LeakSettings, shutdown: &CancellationToken) -> Self {
         Self {
             leaks: Leaks::new(settings, shutdown.child_token()),
+            profilers: Profilers::start(shutdown),
         }
     }
 }
@@ -79,6 +83,7 @@ impl Application {
             %addr,
             url = %format!("http://{addr}/"),
             swagger = %format!("http://{addr}/swagger/"),
+            pprof = %format!("http://{addr}/debug/pprof/"),
             "leakfinder listening; no leak is active yet"
         );
         let routes = api::routes(state);

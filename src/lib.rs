@@ -18,4 +18,5 @@ pub mod app;
 pub mod config;
 pub mod leaks;
 pub mod process;
+pub mod profiling;
 pub mod telemetry;

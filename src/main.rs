@@ -1,11 +1,13 @@
 //! The `leakfinder` binary: the allocator, configuration, logging, and the signal that stops it.
 
+use std::ffi::c_char;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use leakfinder::app::{Application, shutdown_signal};
 use leakfinder::config::Config;
+use leakfinder::profiling::tasks::root;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc is the allocator from day one: its statistics feed `/leak-test`, its purge makes a
@@ -13,6 +15,17 @@ use tokio_util::sync::CancellationToken;
 /// there is one allocator per process.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options, read before `main` runs: sample one allocation every 512 KiB on
+/// average (`2^19`, Go's default rate) for the heap profile, from the first allocation on.
+/// Global by necessity: jemalloc looks this symbol up by name.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "malloc_conf")]
+pub static MALLOC_CONF: Option<&'static c_char> = Some(
+    // SAFETY: a C string literal is NUL-terminated and 'static; jemalloc reads it as a
+    // `const char *`, which is what `Option<&c_char>` is laid out as.
+    unsafe { &*c"prof:true,prof_active:true,lg_prof_sample:19".as_ptr() },
+);
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -26,6 +39,11 @@ fn main() -> ExitCode {
         std::io::stdout,
     ))
     .expect("no other subscriber is installed before main sets this one");
+    // Before any other thread exists: see `cpu::warm_up`.
+    if std::env::var_os("TMP_NO_WARMUP").is_none() { match leakfinder::profiling::cpu::warm_up() {
+        Ok(took) => tracing::debug!(?took, "CPU profiler warmed up"),
+        Err(error) => tracing::warn!(%error, "CPU profiling may be unavailable"),
+    } }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -41,12 +59,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let app = Application::build(&config, shutdown.clone()).await?;
     let on_signal = shutdown.clone();
-    tokio::spawn(async move {
+    tokio::spawn(root(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "shutting down"),
             Err(error) => tracing::error!("{error:#}; stop this process with SIGKILL"),
         }
         on_signal.cancel();
-    });
+    }));
     app.run_until_stopped().await.context("leakfinder failed")
 }

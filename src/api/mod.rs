@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod leaks;
+pub mod pprof;
 pub mod status;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub fn openapi(state: &Arc<AppState>) -> OpenApiService<(leaks::LeakApi, status:
 }
 
 /// Every route of the service, with JSON errors for unknown routes and bad methods.
-pub fn routes(state: Arc<AppState>) -> impl Endpoint {
+pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
     let api = openapi(&state);
     let swagger: Arc<str> = api.swagger_ui_html().into();
     Route::new()
@@ -44,7 +45,9 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint {
         .at("/swagger", page(&swagger))
         .at("/swagger/", page(&swagger))
         .at("/swagger/index.html", page(&swagger))
+        .nest("/debug/pprof", pprof::routes())
         .nest("/", api.into_endpoint())
+        .data(state)
         .catch_all_error(error::into_json)
 }
 

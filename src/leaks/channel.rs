@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{FILL_BYTE, LeakJob, Reservation, lock};
+use crate::profiling::tasks::root;
 
 /// The channel of leak 2. Global on purpose: the receiver lives here, alive and never read, which
 /// is exactly why no send can ever complete. `None` until leak 2 first starts, and again after a
@@ -54,7 +55,7 @@ pub async fn run_leaker_job2_channel_task_block(job: LeakJob, blocked: TaskTrack
         let len = job.chunk_bytes();
         let reservation = job.counters().reserve(len);
         let sender = sender.clone();
-        blocked.spawn(async move {
+        blocked.spawn(root(async move {
             let chunk = vec![FILL_BYTE; len]; // job 2's allocation line
             let held = HeldChunk {
                 _data: chunk,
@@ -63,7 +64,7 @@ pub async fn run_leaker_job2_channel_task_block(job: LeakJob, blocked: TaskTrack
             // Nobody receives: once the buffer is full this await never returns, until a reset
             // drops the receiver and the send fails, which drops the chunk.
             let _ = sender.send(held).await; // the leaking line: the task blocks here
-        });
+        }));
     }
 }
 

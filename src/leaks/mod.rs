@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LeakSettings;
+use crate::profiling::tasks::root;
 
 /// The byte every leaked chunk is filled with. Not zero, so that every page is really touched and
 /// the process RSS grows with the leak (a zeroed allocation could stay unbacked).
@@ -285,12 +286,12 @@ impl Leaks {
             cancel: cancel.clone(),
         };
         let handle = match kind {
-            LeakKind::Slice => tokio::spawn(slice::run_leaker_job1_simple_slice(job)),
-            LeakKind::Channel => tokio::spawn(channel::run_leaker_job2_channel_task_block(
+            LeakKind::Slice => tokio::spawn(root(slice::run_leaker_job1_simple_slice(job))),
+            LeakKind::Channel => tokio::spawn(root(channel::run_leaker_job2_channel_task_block(
                 job,
                 self.blocked.clone(),
-            )),
-            LeakKind::Mutex => tokio::spawn(map::run_leaker_job3_mutex_map(job)),
+            ))),
+            LeakKind::Mutex => tokio::spawn(root(map::run_leaker_job3_mutex_map(job))),
         };
         *producer = Some(Producer { cancel, handle });
         slot.active.store(true, Ordering::Relaxed);

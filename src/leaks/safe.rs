@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::FILL_BYTE;
+use crate::profiling::tasks::root;
 
 /// The largest payload a safe task sends: the safe test is a comparison, not a load generator.
 pub const MAX_SAFE_CHUNK_BYTES: usize = 64 * 1024;
@@ -41,13 +42,13 @@ pub async fn run_safe_channel_tasks(
     let mut senders = JoinSet::new();
     for _ in 0..tasks {
         let sender = sender.clone();
-        senders.spawn(async move {
+        senders.spawn(root(async move {
             let chunk = vec![FILL_BYTE; len];
             // A bounded wait: if the receiver ever stopped, the task would give up, not block.
             tokio::time::timeout(send_timeout, sender.send(chunk))
                 .await
                 .is_ok_and(|sent| sent.is_ok())
-        });
+        }));
     }
     // Only the tasks hold senders now, so `recv` ends once the last of them is done.
     drop(sender);
