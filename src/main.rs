@@ -40,10 +40,10 @@ fn main() -> ExitCode {
     ))
     .expect("no other subscriber is installed before main sets this one");
     // Before any other thread exists: see `cpu::warm_up`.
-    if std::env::var_os("TMP_NO_WARMUP").is_none() { match leakfinder::profiling::cpu::warm_up() {
+    match leakfinder::profiling::cpu::warm_up() {
         Ok(took) => tracing::debug!(?took, "CPU profiler warmed up"),
         Err(error) => tracing::warn!(%error, "CPU profiling may be unavailable"),
-    } }
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
