@@ -63,7 +63,7 @@ pub async fn run_leaker_job2_channel_task_block(job: LeakJob, blocked: TaskTrack
             };
             // Nobody receives: once the buffer is full this await never returns, until a reset
             // drops the receiver and the send fails, which drops the chunk.
-            let _ = sender.send(held).await; // the leaking line: the task blocks here
+            let _ = sender.send(held).await; // the leak: blocks, as nobody reads LEAKY_CHANNEL_2
         }));
     }
 }

@@ -67,7 +67,11 @@ pub struct DemandGuard {
 
 impl Drop for DemandGuard {
     fn drop(&mut self) {
-        *self.demand.wanted.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        *self
+            .demand
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) -= 1;
     }
 }
 
@@ -90,7 +94,11 @@ impl CpuSampler {
 
     /// Keeps the sampler running until the guard is dropped.
     pub fn demand(&self) -> DemandGuard {
-        *self.demand.wanted.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        *self
+            .demand
+            .wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
         self.demand.changed.notify_all();
         DemandGuard {
             demand: Arc::clone(&self.demand),
@@ -116,7 +124,9 @@ impl CpuSampler {
                     Ok(window) => collected.push(window),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => {
-                        return Err(ProfilingError::Unavailable("the CPU sampler stopped".into()));
+                        return Err(ProfilingError::Unavailable(
+                            "the CPU sampler stopped".into(),
+                        ));
                     }
                 }
             }
@@ -169,7 +179,10 @@ fn sample_while_wanted(
                 continue;
             }
         }
-        if run.as_ref().is_none_or(|run| run.started.elapsed() >= MAX_RUN) {
+        if run
+            .as_ref()
+            .is_none_or(|run| run.started.elapsed() >= MAX_RUN)
+        {
             drop(run.take()); // only one profiler may exist: stop the old one first
             run = start_profiler();
             if run.is_none() {
@@ -183,7 +196,9 @@ fn sample_while_wanted(
         let started = SystemTime::now();
         let clock = Instant::now();
         while clock.elapsed() < WINDOW && !shutdown.is_cancelled() {
-            std::thread::sleep(Duration::from_millis(50).min(WINDOW.saturating_sub(clock.elapsed())));
+            std::thread::sleep(
+                Duration::from_millis(50).min(WINDOW.saturating_sub(clock.elapsed())),
+            );
         }
         match current.guard.report().build_unresolved() {
             Ok(report) => {
@@ -210,7 +225,9 @@ fn sample_while_wanted(
 /// loads this binary's whole DWARF into a global cache (~70 MiB) and would keep it for good; the
 /// cache is cleared again at once, and the freed pages returned.
 fn start_profiler() -> Option<Run> {
-    let guard = ProfilerGuardBuilder::default().frequency(FREQUENCY_HZ).build();
+    let guard = ProfilerGuardBuilder::default()
+        .frequency(FREQUENCY_HZ)
+        .build();
     backtrace::clear_symbol_cache();
     crate::process::return_freed_memory();
     match guard {
@@ -238,7 +255,8 @@ fn window_samples(
         let key = (addresses, frames.thread_id);
         let new = count - previous.get(&key).copied().unwrap_or(0);
         if new > 0 {
-            let name = &frames.thread_name[..frames.thread_name_length.min(frames.thread_name.len())];
+            let name =
+                &frames.thread_name[..frames.thread_name_length.min(frames.thread_name.len())];
             samples.push(CpuSample {
                 addresses: key.0.clone(),
                 count: new as i64,
@@ -255,35 +273,42 @@ fn window_samples(
 ///
 /// pprof-rs sets its framehop unwinder up lazily, inside the SIGPROF handler, where it
 /// allocates. That is only safe if the interrupted thread holds no allocator lock, so the first
-/// signal is taken here, at start-up, while the only thread spins on arithmetic. Returns how long
-/// it took.
+/// signals are taken here, at start-up, while the only thread spins on arithmetic and allocates
+/// nothing (an allocation interrupted by that first signal would deadlock). Returns how long it
+/// took.
 pub fn warm_up() -> Result<Duration, ProfilingError> {
     let _unsampled = UnsampledThread::begin();
     let clock = Instant::now();
     let guard = ProfilerGuardBuilder::default().frequency(1000).build();
-    backtrace::clear_symbol_cache();
-    let guard = guard.map_err(|error| ProfilingError::Unavailable(error.to_string()))?;
+    // From here until the spin ends, nothing may allocate.
     let mut spin = 0u64;
-    let sampled = loop {
-        for i in 0..100_000u64 {
-            spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
+    if guard.is_ok() {
+        while clock.elapsed() < WARM_UP_SPIN {
+            for i in 0..10_000u64 {
+                spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
+            }
         }
-        let seen = guard
+    }
+    let sampled = guard.as_ref().is_ok_and(|guard| {
+        guard
             .report()
             .build_unresolved()
-            .is_ok_and(|report| !report.data.is_empty());
-        if seen || clock.elapsed() > Duration::from_secs(2) {
-            break seen;
-        }
-    };
-    drop(guard);
+            .is_ok_and(|report| !report.data.is_empty())
+    });
+    let started = guard.map(drop);
+    backtrace::clear_symbol_cache();
     crate::process::return_freed_memory();
-    if sampled {
-        Ok(clock.elapsed())
-    } else {
-        Err(ProfilingError::Unavailable("no CPU sample arrived during warm-up".into()))
+    match started {
+        Err(error) => Err(ProfilingError::Unavailable(error.to_string())),
+        Ok(()) if !sampled => Err(ProfilingError::Unavailable(
+            "no CPU sample arrived during warm-up".into(),
+        )),
+        Ok(()) => Ok(clock.elapsed()),
     }
 }
+
+/// How long the warm-up spins: at 1000 Hz, about a hundred signals land in it.
+const WARM_UP_SPIN: Duration = Duration::from_millis(100);
 
 /// The leaf is the interrupted instruction itself; the rest are return addresses.
 fn lookup_address(depth: usize, address: u64) -> u64 {
@@ -292,17 +317,23 @@ fn lookup_address(depth: usize, address: u64) -> u64 {
 
 /// The addresses to symbolise for some windows.
 pub fn lookup_addresses(windows: &[Arc<CpuWindow>]) -> impl Iterator<Item = u64> + '_ {
-    windows.iter().flat_map(|window| &window.samples).flat_map(|sample| {
-        sample
-            .addresses
-            .iter()
-            .enumerate()
-            .map(|(depth, &address)| lookup_address(depth, address))
-    })
+    windows
+        .iter()
+        .flat_map(|window| &window.samples)
+        .flat_map(|sample| {
+            sample
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(depth, &address)| lookup_address(depth, address))
+        })
 }
 
 /// Builds the pprof CPU profile of some windows, given the frames of each of their addresses.
-pub fn build_profile(windows: &[Arc<CpuWindow>], frames: &std::collections::HashMap<u64, Arc<[Frame]>>) -> Profile {
+pub fn build_profile(
+    windows: &[Arc<CpuWindow>],
+    frames: &std::collections::HashMap<u64, Arc<[Frame]>>,
+) -> Profile {
     let period = 1_000_000_000 / i64::from(FREQUENCY_HZ);
     let mut builder = ProfileBuilder::new(
         &[("samples", "count"), ("cpu", "nanoseconds")],

@@ -169,7 +169,10 @@ pub fn is_allocator_frame(frame: &Frame) -> bool {
 /// machinery is left whole, so its bytes are still shown somewhere.
 pub fn trim_allocator_frames(stack: &mut Vec<StackEntry>) {
     let Some((entry, frame)) = stack.iter().enumerate().find_map(|(index, entry)| {
-        let frame = entry.shown().iter().position(|frame| !is_allocator_frame(frame))?;
+        let frame = entry
+            .shown()
+            .iter()
+            .position(|frame| !is_allocator_frame(frame))?;
         Some((index, frame))
     }) else {
         return;
@@ -285,7 +288,10 @@ MAPPED_LIBRARIES:
     #[test]
     fn malformed_dumps_are_errors_not_panics() {
         assert_eq!(parse_heap_v2(""), Err(HeapParseError::NotHeapV2));
-        assert_eq!(parse_heap_v2("heap_v1/12\n"), Err(HeapParseError::NotHeapV2));
+        assert_eq!(
+            parse_heap_v2("heap_v1/12\n"),
+            Err(HeapParseError::NotHeapV2)
+        );
         assert_eq!(
             parse_heap_v2("heap_v2/512\n@ 0xZZ\n"),
             Err(HeapParseError::Malformed { line: 2 })
@@ -314,7 +320,11 @@ MAPPED_LIBRARIES:
         let leaf = StackEntry {
             address: 1,
             frames: vec![
-                frame("prof_backtrace_impl", "target/release/build/tikv-jemalloc-sys-1/out/build/src/prof.c", 10),
+                frame(
+                    "prof_backtrace_impl",
+                    "target/release/build/tikv-jemalloc-sys-1/out/build/src/prof.c",
+                    10,
+                ),
                 frame("_rjem_je_malloc_default", "", 0),
             ]
             .into(),
@@ -323,25 +333,49 @@ MAPPED_LIBRARIES:
         let user = StackEntry {
             address: 2,
             frames: vec![
-                frame("alloc::vec::from_elem", "/rustc/abc/library/alloc/src/vec/mod.rs", 3),
+                frame(
+                    "alloc::vec::from_elem",
+                    "/rustc/abc/library/alloc/src/vec/mod.rs",
+                    3,
+                ),
                 frame("__rustc::__rust_alloc", "src/main.rs", 20),
-                frame("leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}", "src/leaks/slice.rs", 24),
-                frame("std::thread::spawn", "/rustc/abc/library/std/src/thread.rs", 5),
+                frame(
+                    "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}",
+                    "src/leaks/slice.rs",
+                    24,
+                ),
+                frame(
+                    "std::thread::spawn",
+                    "/rustc/abc/library/std/src/thread.rs",
+                    5,
+                ),
             ]
             .into(),
             skip: 0,
         };
         let root = StackEntry {
             address: 3,
-            frames: vec![frame("core::ops::function::FnOnce::call_once", "/rustc/abc/library/core/src/ops.rs", 1)].into(),
+            frames: vec![frame(
+                "core::ops::function::FnOnce::call_once",
+                "/rustc/abc/library/core/src/ops.rs",
+                1,
+            )]
+            .into(),
             skip: 0,
         };
         let mut stack = vec![leaf, user, root];
         trim_allocator_frames(&mut stack);
         assert_eq!(stack.len(), 2);
         assert_eq!(stack[0].address, 2);
-        assert_eq!(&*stack[0].shown()[0].function, "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}");
-        assert_eq!(stack[0].shown().len(), 2, "frames above the first user frame stay");
+        assert_eq!(
+            &*stack[0].shown()[0].function,
+            "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}"
+        );
+        assert_eq!(
+            stack[0].shown().len(),
+            2,
+            "frames above the first user frame stay"
+        );
         assert_eq!(stack[1].shown().len(), 1, "machinery nearer the root stays");
 
         let mut all_machinery = vec![StackEntry {
@@ -378,6 +412,9 @@ MAPPED_LIBRARIES:
         };
         assert_eq!(leaf_function(0), "leakfinder::leak");
         assert_eq!(leaf_function(1), "leakfinder::other");
-        assert!(profile.sample[0].value[1] > 3_145_728, "scaled up from the sampled bytes");
+        assert!(
+            profile.sample[0].value[1] > 3_145_728,
+            "scaled up from the sampled bytes"
+        );
     }
 }

@@ -364,7 +364,10 @@ impl ProfileBuilder {
 fn main_binary_name() -> String {
     std::env::current_exe()
         .ok()
-        .and_then(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "leakfinder".to_owned())
 }
 
@@ -435,8 +438,15 @@ mod tests {
 
     #[test]
     fn a_built_profile_round_trips_through_gzip() {
-        let mut builder = ProfileBuilder::new(&[("inuse_space", "bytes")], ("space", "bytes"), 524_288);
-        let leaf = entry(0x10, vec![frame("inlined", "src/a.rs", 3), frame("outer", "src/a.rs", 9)]);
+        let mut builder =
+            ProfileBuilder::new(&[("inuse_space", "bytes")], ("space", "bytes"), 524_288);
+        let leaf = entry(
+            0x10,
+            vec![
+                frame("inlined", "src/a.rs", 3),
+                frame("outer", "src/a.rs", 9),
+            ],
+        );
         let root = entry(0x20, vec![frame("main", "src/main.rs", 1)]);
         builder.add_sample(&[leaf.clone(), root.clone()], vec![100], &[("kind", "x")]);
         builder.add_sample(&[leaf, root], vec![50], &[]);
@@ -447,7 +457,11 @@ mod tests {
         assert_eq!(decoded, profile);
         assert_eq!(decoded.location.len(), 2, "locations are interned");
         assert_eq!(decoded.function.len(), 3, "functions are interned");
-        assert_eq!(decoded.location[0].line.len(), 2, "inline frames share a location");
+        assert_eq!(
+            decoded.location[0].line.len(),
+            2,
+            "inline frames share a location"
+        );
         let name = |index: i64| decoded.string_table[index as usize].as_str();
         assert_eq!(name(decoded.sample_type[0].r#type), "inuse_space");
         assert_eq!(name(decoded.default_sample_type), "inuse_space");
@@ -457,8 +471,14 @@ mod tests {
     #[test]
     fn a_trimmed_entry_is_its_own_location() {
         let mut builder = ProfileBuilder::new(&[("count", "count")], ("count", "count"), 1);
-        let full = entry(0x10, vec![frame("alloc", "lib.rs", 1), frame("user", "src/u.rs", 2)]);
-        let trimmed = StackEntry { skip: 1, ..full.clone() };
+        let full = entry(
+            0x10,
+            vec![frame("alloc", "lib.rs", 1), frame("user", "src/u.rs", 2)],
+        );
+        let trimmed = StackEntry {
+            skip: 1,
+            ..full.clone()
+        };
         builder.add_sample(&[full], vec![1], &[]);
         builder.add_sample(&[trimmed], vec![1], &[]);
         let profile = builder.build();
@@ -473,8 +493,17 @@ mod tests {
         encoder.write_all(&zeros).unwrap();
         let bomb = encoder.finish().unwrap();
         assert!(bomb.len() < 64 << 10);
-        assert!(matches!(decode(&bomb, 1 << 20), Err(DecodeError::TooLarge { .. })));
-        assert!(matches!(decode(&[0x1f, 0x8b, 1, 2, 3], 1 << 20), Err(DecodeError::Gzip(_))));
-        assert!(matches!(decode(b"<html>not a profile</html>", 1 << 20), Err(DecodeError::Protobuf(_))));
+        assert!(matches!(
+            decode(&bomb, 1 << 20),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(&[0x1f, 0x8b, 1, 2, 3], 1 << 20),
+            Err(DecodeError::Gzip(_))
+        ));
+        assert!(matches!(
+            decode(b"<html>not a profile</html>", 1 << 20),
+            Err(DecodeError::Protobuf(_))
+        ));
     }
 }

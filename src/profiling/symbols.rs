@@ -202,12 +202,20 @@ fn shared_object_frame(probe: u64) -> Option<Frame> {
     // SAFETY: on success, non-null `dli_sname`/`dli_fname` point to NUL-terminated strings owned by
     // the dynamic loader, valid while the object stays loaded; they are copied at once.
     let text = |ptr: *const libc::c_char| {
-        (!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+        (!ptr.is_null()).then(|| {
+            unsafe { CStr::from_ptr(ptr) }
+                .to_string_lossy()
+                .into_owned()
+        })
     };
     let object = text(info.dli_fname).unwrap_or_default();
     let function = match text(info.dli_sname) {
         Some(name) => addr2line::demangle_auto(Cow::Owned(name), None).into_owned(),
-        None => format!("{}+{:#x}", short_object(&object), probe - info.dli_fbase as u64),
+        None => format!(
+            "{}+{:#x}",
+            short_object(&object),
+            probe - info.dli_fbase as u64
+        ),
     };
     Some(Frame {
         function: function.into(),
@@ -249,9 +257,14 @@ mod tests {
 
     #[test]
     fn source_paths_are_short_and_relative() {
-        assert_eq!(source_path(&format!("{CRATE_ROOT}src/leaks/slice.rs")), "src/leaks/slice.rs");
         assert_eq!(
-            source_path("/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/sync/mpsc/bounded.rs"),
+            source_path(&format!("{CRATE_ROOT}src/leaks/slice.rs")),
+            "src/leaks/slice.rs"
+        );
+        assert_eq!(
+            source_path(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/sync/mpsc/bounded.rs"
+            ),
             "tokio-1.54.1/src/sync/mpsc/bounded.rs"
         );
         assert_eq!(
@@ -276,7 +289,10 @@ mod tests {
         assert!(outer.line > 0);
         assert_eq!(symbolizer.cached_addresses(), 1);
         let again = symbolizer.resolve([address]);
-        assert!(Arc::ptr_eq(&again[&address], &frames[&address]), "served from the cache");
+        assert!(
+            Arc::ptr_eq(&again[&address], &frames[&address]),
+            "served from the cache"
+        );
     }
 
     #[test]

@@ -224,7 +224,10 @@ pub fn symbolise(tasks: &[RawTask], frames: &HashMap<u64, Arc<[Frame]>>) -> Vec<
 fn grouped(tasks: &[TaskStack]) -> Vec<(usize, &TaskStack)> {
     let mut groups: HashMap<(Vec<u64>, &str), (usize, &TaskStack)> = HashMap::new();
     for task in tasks {
-        let key = (task.stack.iter().map(|entry| entry.address).collect(), task.wait);
+        let key = (
+            task.stack.iter().map(|entry| entry.address).collect(),
+            task.wait,
+        );
         groups.entry(key).or_insert((0, task)).0 += 1;
     }
     let mut groups: Vec<_> = groups.into_values().collect();
@@ -318,7 +321,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let tasks = dump().await.unwrap();
         assert!(
-            tasks.iter().any(|task| !task.stacks.is_empty() && task.stacks[0].len() >= 2),
+            tasks
+                .iter()
+                .any(|task| !task.stacks.is_empty() && task.stacks[0].len() >= 2),
             "a blocked task has a stack of raw addresses: {tasks:?}"
         );
         blocked.abort();
@@ -356,9 +361,17 @@ mod tests {
 
     #[test]
     fn the_profile_counts_tasks_per_distinct_stack() {
-        let tasks = vec![task(1, &[1, 2], "a"), task(2, &[1, 2], "a"), task(3, &[3], "b")];
+        let tasks = vec![
+            task(1, &[1, 2], "a"),
+            task(2, &[1, 2], "a"),
+            task(3, &[3], "b"),
+        ];
         let profile = build_profile(&tasks);
-        let mut values: Vec<i64> = profile.sample.iter().map(|sample| sample.value[0]).collect();
+        let mut values: Vec<i64> = profile
+            .sample
+            .iter()
+            .map(|sample| sample.value[0])
+            .collect();
         values.sort_unstable();
         assert_eq!(values, vec![1, 2]);
         let name = |index: i64| profile.string_table[index as usize].as_str();
@@ -367,9 +380,15 @@ mod tests {
         assert_eq!(name(profile.sample[0].label[0].key), "wait");
 
         let text = render_text(&tasks, 1);
-        assert!(text.starts_with("task profile: total 3\n2 @ 0x1 0x2\n"), "{text}");
+        assert!(
+            text.starts_with("task profile: total 3\n2 @ 0x1 0x2\n"),
+            "{text}"
+        );
         let per_task = render_text(&tasks, 2);
-        assert!(per_task.starts_with("task 1 [chan send]:\na\n\tsrc/x.rs:1\n"), "{per_task}");
+        assert!(
+            per_task.starts_with("task 1 [chan send]:\na\n\tsrc/x.rs:1\n"),
+            "{per_task}"
+        );
         assert_eq!(per_task.matches("task ").count(), 3);
     }
 }

@@ -49,9 +49,11 @@ pub fn spawn_app(env: &[(&str, &str)]) -> TestApp {
             sink.lock().unwrap().push(line);
         }
     });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the service logs its address within 20 s");
+    let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the service did not log its address within 20 s");
+    };
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()

@@ -8,5 +8,6 @@ mod helpers;
 mod config;
 mod endpoints;
 mod leaks;
-mod shutdown;
+mod lifecycle;
+mod pprof;
 mod swagger;

@@ -1,4 +1,5 @@
-//! SIGTERM stops the service gracefully and quickly, whatever the leaks hold.
+//! The service starts every time, and SIGTERM stops it gracefully and quickly, whatever the leaks
+//! hold.
 
 use std::time::Duration;
 
@@ -26,4 +27,14 @@ async fn sigterm_with_all_three_leaks_running_exits_within_five_seconds() {
             .any(|line| line.contains("shutting down") && line.contains("SIGTERM"))
     );
     assert!(logs.iter().any(|line| line.contains("leakfinder stopped")));
+}
+
+/// Start-up takes the CPU profiler's first signals on purpose (see `cpu::warm_up`); an allocation
+/// interrupted by them would deadlock before the service ever listens. Start it many times.
+#[tokio::test]
+async fn the_service_starts_and_answers_every_time() {
+    for _ in 0..25 {
+        let app = spawn_app(&[]);
+        assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+    }
 }

@@ -1,0 +1,330 @@
+//! `/debug/pprof` read by the real `go tool pprof`, run from the repo root with `-symbolize=none`
+//! so that nothing comes from the binary: every name, file and line is in the profile itself.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::{TestApp, num, spawn_app};
+
+/// Runs `go tool pprof -symbolize=none ARGS URL` from the crate root and returns its stdout.
+pub fn go_pprof(args: &[&str], url: &str) -> String {
+    let scratch = std::env::temp_dir().join(format!("leakfinder-pprof-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-symbolize=none"])
+        .args(args)
+        .arg(url)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PPROF_TMPDIR", &scratch)
+        .output()
+        .expect("go is installed (go tool pprof is the client under test)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "go tool pprof {args:?} {url} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// One row of `-top`: flat%, cum% and the function name.
+#[derive(Debug, Clone)]
+pub struct TopRow {
+    pub flat_percent: f64,
+    pub cum_percent: f64,
+    pub name: String,
+}
+
+/// The rows of `go tool pprof -top` output, in order.
+pub fn top_rows(output: &str) -> Vec<TopRow> {
+    output
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _flat = fields.next()?;
+            let flat_percent = fields.next()?.trim_end_matches('%').parse().ok()?;
+            let _sum = fields.next()?;
+            let _cum = fields.next()?;
+            let cum_percent = fields.next()?.trim_end_matches('%').parse().ok()?;
+            let name = fields.collect::<Vec<_>>().join(" ");
+            let name = name.trim_end_matches(" (inline)").to_owned();
+            Some(TopRow {
+                flat_percent,
+                cum_percent,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Which column of `-list` to rank lines by.
+#[derive(Clone, Copy)]
+pub enum Column {
+    Flat,
+    Cum,
+}
+
+/// In `-list` output, the source line holding the most of `column`, and its share of the total.
+pub fn hottest_line(list: &str, column: Column) -> (String, f64) {
+    let total = list
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Total: "))
+        .map(parse_quantity)
+        .expect("-list prints a total");
+    list.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let flat = fields.next()?;
+            let cum = fields.next()?;
+            let number = fields.next()?;
+            number.strip_suffix(':')?.parse::<u32>().ok()?;
+            let value = match column {
+                Column::Flat => flat,
+                Column::Cum => cum,
+            };
+            (value != ".").then(|| (line.to_owned(), parse_quantity(value) / total))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("-list shows at least one line with a value")
+}
+
+/// `152.48MB`, `512kB`, `100` to a number (bytes or count).
+fn parse_quantity(text: &str) -> f64 {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "B" => 1.0,
+        "kB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unknown unit {other} in {text}"),
+    };
+    number
+        .parse::<f64>()
+        .unwrap_or_else(|_| panic!("a number in {text}"))
+        * scale
+}
+
+/// Starts one leak alone and lets it grow to `bytes`.
+async fn leak_alone(kind: &str, bytes: u64) -> TestApp {
+    let app = spawn_app(&[
+        ("LEAK_CHUNK_BYTES", "1048576"),
+        ("LEAK_INTERVAL_MS", "5"),
+        ("LEAK_MAX_BYTES", &bytes.to_string()),
+    ]);
+    app.get_json(&format!("/start-leak/{kind}"), 200).await;
+    app.wait_for(
+        Duration::from_secs(30),
+        "the leak to reach its cap",
+        |report| num(report, &format!("leaks/{kind}/bytes")) >= bytes,
+    )
+    .await;
+    app
+}
+
+const HEAP_LEAK: u64 = 96 << 20;
+
+/// The names `top` shows, which the README's walkthrough promises (checked below).
+const JOB1: &str = "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}";
+const JOB2_TASK: &str =
+    "leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}";
+const JOB3: &str = "leakfinder::leaks::map::run_leaker_job3_mutex_map::{{closure}}";
+
+#[tokio::test]
+async fn slice_leak_top_names_job1_and_list_shows_the_push_line() {
+    let app = leak_alone("slice", HEAP_LEAK).await;
+    let heap = app.url("/debug/pprof/heap");
+    let rows = top_rows(&go_pprof(&["-top"], &heap));
+    assert_eq!(rows[0].name, JOB1, "{rows:#?}");
+    assert!(rows[0].flat_percent >= 80.0, "{rows:#?}");
+
+    let list = go_pprof(&["-list", "run_leaker_job1_simple_slice"], &heap);
+    let (line, share) = hottest_line(&list, Column::Flat);
+    assert!(
+        line.contains("lock(&LEAKY_STORE_1).push(vec![FILL_BYTE; len]);"),
+        "{list}"
+    );
+    assert!(share >= 0.8, "{share} of the bytes on {line}\n{list}");
+}
+
+#[tokio::test]
+async fn mutex_leak_top_names_job3_and_list_shows_the_insert_line() {
+    let app = leak_alone("mutex", HEAP_LEAK).await;
+    let heap = app.url("/debug/pprof/heap");
+    let rows = top_rows(&go_pprof(&["-top"], &heap));
+    assert_eq!(rows[0].name, JOB3, "{rows:#?}");
+    assert!(rows[0].flat_percent >= 80.0, "{rows:#?}");
+
+    let list = go_pprof(&["-list", "run_leaker_job3_mutex_map"], &heap);
+    let (line, share) = hottest_line(&list, Column::Flat);
+    assert!(
+        line.contains("lock(&LEAKY_MAP_3).insert(key, vec![FILL_BYTE; len]);"),
+        "{list}"
+    );
+    assert!(share >= 0.8, "{share} of the bytes on {line}\n{list}");
+}
+
+#[tokio::test]
+async fn channel_leak_shows_in_the_task_profile_and_its_chunks_in_the_heap() {
+    let app = leak_alone("channel", HEAP_LEAK).await;
+    let tasks = app.url("/debug/pprof/goroutine");
+    let rows = top_rows(&go_pprof(&["-top", "-cum"], &tasks));
+    let job2 = rows
+        .iter()
+        .find(|row| row.name == JOB2_TASK)
+        .unwrap_or_else(|| panic!("job 2 is in the task profile: {rows:#?}"));
+    assert!(job2.cum_percent >= 80.0, "{rows:#?}");
+
+    let list = go_pprof(&["-list", "run_leaker_job2_channel_task_block"], &tasks);
+    let (line, share) = hottest_line(&list, Column::Cum);
+    assert!(
+        line.contains("sender.send(held).await") && line.contains("LEAKY_CHANNEL_2"),
+        "{list}"
+    );
+    assert!(share >= 0.8, "{share} of the tasks on {line}\n{list}");
+
+    let heap = app.url("/debug/pprof/heap");
+    let rows = top_rows(&go_pprof(&["-top"], &heap));
+    assert_eq!(rows[0].name, JOB2_TASK, "{rows:#?}");
+    assert!(rows[0].flat_percent >= 80.0, "{rows:#?}");
+    let list = go_pprof(&["-list", "run_leaker_job2_channel_task_block"], &heap);
+    let (line, share) = hottest_line(&list, Column::Flat);
+    assert!(
+        line.contains("let chunk = vec![FILL_BYTE; len]; // job 2's allocation line"),
+        "{list}"
+    );
+    assert!(share >= 0.8, "{share} of the bytes on {line}\n{list}");
+}
+
+#[tokio::test]
+async fn the_task_profile_has_text_forms_an_alias_and_wait_labels() {
+    let app = leak_alone("channel", 16 << 20).await;
+    let text = app
+        .get("/debug/pprof/goroutine?debug=1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.starts_with("task profile: total "), "{text}");
+    assert!(
+        text.contains("# labels: {\"wait\":\"chan send\"}"),
+        "{text}"
+    );
+    let count_line = text
+        .lines()
+        .find(|line| line.contains(" @ 0x"))
+        .expect("a counted stack");
+    let count: u64 = count_line.split(" @ ").next().unwrap().parse().unwrap();
+    assert!(
+        count >= 14,
+        "the blocked tasks share one stack: {count_line}"
+    );
+
+    let per_task = app
+        .get("/debug/pprof/tasks?debug=2")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let blocked = per_task.matches("[chan send]:").count();
+    assert!(blocked >= 15, "one entry per blocked task, got {blocked}");
+    assert!(per_task.contains("src/leaks/channel.rs:"), "{per_task}");
+
+    let labels = go_pprof(&["-tags"], &app.url("/debug/pprof/tasks"));
+    assert!(labels.contains("chan send"), "{labels}");
+
+    let bad = app.get_json("/debug/pprof/goroutine?debug=3", 400).await;
+    assert!(
+        bad["valid"].as_str().unwrap().contains("debug is 0"),
+        "{bad}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_profile_taken_under_load_has_samples() {
+    let app = spawn_app(&[]);
+    let load = {
+        let client = app.client.clone();
+        let url = app.url("/safe-test?tasks=200");
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if client.get(&url).send().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let url = app.url("/debug/pprof/profile");
+    let output = tokio::task::spawn_blocking(move || go_pprof(&["-top", "-seconds", "2"], &url))
+        .await
+        .unwrap();
+    load.abort();
+    assert!(output.contains("Type: cpu"), "{output}");
+    let rows = top_rows(&output);
+    assert!(!rows.is_empty(), "{output}");
+    let total = output
+        .lines()
+        .find_map(|line| line.split("Total samples = ").nth(1))
+        .expect("a sample total");
+    assert!(!total.starts_with('0'), "{output}");
+}
+
+#[tokio::test]
+async fn bad_profile_parameters_get_a_400_and_the_index_lists_every_profile() {
+    let app = spawn_app(&[]);
+    for seconds in ["0", "61", "-1", "abc", "1.5", ""] {
+        let error = app
+            .get_json(&format!("/debug/pprof/profile?seconds={seconds}"), 400)
+            .await;
+        assert_eq!(error["status"], 400);
+        assert!(
+            error["valid"].as_str().unwrap().contains("1 to 60"),
+            "{error}"
+        );
+    }
+    let index = app.get("/debug/pprof/").await.text().await.unwrap();
+    for link in [
+        "href=\"heap\"",
+        "href=\"profile?seconds=5\"",
+        "href=\"goroutine?debug=1\"",
+        "href=\"tasks?debug=1\"",
+    ] {
+        assert!(index.contains(link), "{link} in the index");
+    }
+    assert!(
+        index.contains("seconds") && index.contains("debug"),
+        "the index documents parameters"
+    );
+}
+
+#[test]
+fn the_readme_walkthrough_names_what_the_profiles_show() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let expected: Vec<&str> = readme
+        .lines()
+        .filter(|line| line.contains("**Expected Result**"))
+        .flat_map(|line| line.split('`').skip(1).step_by(2))
+        .filter(|name| name.contains("run_leaker_job"))
+        .collect();
+    for function in [JOB1, JOB2_TASK, JOB3] {
+        assert!(
+            expected.contains(&function),
+            "the README expects {function}: {expected:?}"
+        );
+    }
+    for line in [
+        "lock(&LEAKY_STORE_1).push(vec![FILL_BYTE; len]);",
+        "lock(&LEAKY_MAP_3).insert(key, vec![FILL_BYTE; len]);",
+        "let _ = sender.send(held).await;",
+        "let chunk = vec![FILL_BYTE; len];",
+    ] {
+        assert!(readme.contains(line), "the README shows the line {line}");
+    }
+}
