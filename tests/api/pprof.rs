@@ -328,3 +328,92 @@ fn the_readme_walkthrough_names_what_the_profiles_show() {
         assert!(readme.contains(line), "the README shows the line {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_cpu_profiles_share_the_one_sampler() {
+    let app = spawn_app(&[]);
+    let (first, second) = tokio::join!(
+        app.get("/debug/pprof/profile?seconds=2"),
+        app.get("/debug/pprof/profile?seconds=1"),
+    );
+    for response in [first, second] {
+        assert_eq!(response.status(), 200);
+        let bytes = response.bytes().await.unwrap();
+        let profile = leakfinder::profiling::pprof::decode(&bytes, 64 << 20).unwrap();
+        let name = |index: i64| profile.string_table[index as usize].clone();
+        assert_eq!(name(profile.sample_type[1].r#type), "cpu");
+        assert!(
+            profile.duration_nanos >= 1_000_000_000,
+            "{}",
+            profile.duration_nanos
+        );
+    }
+    assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+}
+
+/// The profiler's own memory is a small, flat baseline: symbolisation keeps no DWARF cache, the
+/// `backtrace` crate's cache that pprof-rs fills is cleared, and none of it tops the heap profile.
+#[tokio::test]
+async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile() {
+    const MIB: u64 = 1 << 20;
+    let app = spawn_app(&[
+        ("LEAK_CHUNK_BYTES", "1048576"),
+        ("LEAK_MAX_BYTES", "16777216"),
+    ]);
+    let before = app.report().await;
+    let every_profile = async || {
+        for path in [
+            "/debug/pprof/heap",
+            "/debug/pprof/goroutine",
+            "/debug/pprof/profile?seconds=1",
+        ] {
+            let response = app.get(path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            response.bytes().await.unwrap();
+        }
+    };
+    every_profile().await;
+    let after_first = app.report().await;
+    for _ in 0..5 {
+        every_profile().await;
+    }
+    let after_many = app.report().await;
+
+    let allocated = |report| num(report, "process/heap_allocated_bytes");
+    let first_cost = allocated(&after_first).saturating_sub(allocated(&before));
+    let repeat_cost = allocated(&after_many).saturating_sub(allocated(&after_first));
+    assert!(
+        first_cost <= 8 * MIB,
+        "the first profiles kept {first_cost} bytes"
+    );
+    assert!(
+        repeat_cost <= MIB,
+        "repeated profiles kept {repeat_cost} more bytes"
+    );
+    assert!(allocated(&after_many) <= 48 * MIB, "{after_many}");
+    assert!(
+        num(&after_many, "process/rss_bytes") <= 128 * MIB,
+        "{after_many}"
+    );
+
+    app.get_json("/start-leak/slice", 200).await;
+    app.wait_for(Duration::from_secs(30), "16 MiB leaked", |r| {
+        num(r, "leaks/slice/bytes") >= 16 * MIB
+    })
+    .await;
+    let rows = top_rows(&go_pprof(&["-top"], &app.url("/debug/pprof/heap")));
+    assert_eq!(rows[0].name, JOB1, "{rows:#?}");
+    let machinery = [
+        "addr2line",
+        "gimli",
+        "backtrace",
+        "pprof::",
+        "leakfinder::profiling",
+    ];
+    for row in &rows {
+        assert!(
+            !machinery.iter().any(|name| row.name.contains(name)) || row.flat_percent < 1.0,
+            "profiling machinery in the heap profile: {row:?}"
+        );
+    }
+}
