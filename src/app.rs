@@ -14,6 +14,8 @@ use crate::api;
 use crate::config::{Config, LeakSettings};
 use crate::leaks::Leaks;
 use crate::profiling::Profilers;
+use crate::telemetry::TelemetryGuard;
+use crate::telemetry::metrics::instrument;
 
 /// How long in-flight requests get to finish once shutdown begins.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,6 +43,7 @@ pub struct Application {
     acceptor: TcpAcceptor,
     addr: SocketAddr,
     state: Arc<AppState>,
+    telemetry: TelemetryGuard,
     shutdown: CancellationToken,
 }
 
@@ -58,10 +61,12 @@ impl Application {
             .and_then(|addr| addr.as_socket_addr().copied())
             .context("the TCP listener reports no local address")?;
         let state = Arc::new(AppState::new(settings, &shutdown));
+        let telemetry = TelemetryGuard::start(config, &state)?;
         Ok(Self {
             acceptor,
             addr,
             state,
+            telemetry,
             shutdown,
         })
     }
@@ -77,6 +82,7 @@ impl Application {
             acceptor,
             addr,
             state,
+            telemetry,
             shutdown,
         } = self;
         tracing::info!(
@@ -86,13 +92,16 @@ impl Application {
             pprof = %format!("http://{addr}/debug/pprof/"),
             "leakfinder listening; no leak is active yet"
         );
-        let routes = api::routes(state);
-        Server::new_with_acceptor(acceptor)
+        let routes = instrument(api::routes(state), telemetry.http_metrics());
+        let served = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(routes, shutdown.cancelled_owned(), Some(GRACEFUL_TIMEOUT))
             .await
-            .context("the HTTP server failed")?;
+            .context("the HTTP server failed");
+        tokio::task::spawn_blocking(move || drop(telemetry))
+            .await
+            .context("flushing telemetry failed")?;
         tracing::info!("leakfinder stopped");
-        Ok(())
+        served
     }
 }
 

@@ -53,9 +53,102 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=MAX_LEAK_BYTES),
     )]
     pub leak_max_bytes: u64,
+
+    /// The service name on every metric and profile.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "leakfinder")]
+    pub service_name: String,
+
+    /// Where to push profiles (Pyroscope's base URL, e.g. `http://pyroscope:4040`). Push is off
+    /// when unset.
+    #[arg(long, env = "PYROSCOPE_SERVER_ADDRESS")]
+    pub pyroscope_server_address: Option<String>,
+
+    /// Seconds between two CPU profile pushes.
+    #[arg(
+        long,
+        env = "PYROSCOPE_CPU_INTERVAL_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+    )]
+    pub pyroscope_cpu_interval_secs: u64,
+
+    /// Seconds between two heap profile pushes.
+    #[arg(
+        long,
+        env = "PYROSCOPE_HEAP_INTERVAL_SECS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+    )]
+    pub pyroscope_heap_interval_secs: u64,
+
+    /// OTLP base endpoint (`/v1/metrics` is appended), e.g. `http://prometheus:9090/api/v1/otlp`.
+    /// Metric export is off when neither this nor the metrics endpoint is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP metrics endpoint, used as given (it wins over the base endpoint).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otlp_metrics_endpoint: Option<String>,
+
+    /// OTLP protocol: `http/protobuf` or `http/json` (gRPC is not built in).
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        default_value = "http/protobuf"
+    )]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// Milliseconds between two metric exports.
+    #[arg(
+        long,
+        env = "OTEL_METRIC_EXPORT_INTERVAL",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000),
+    )]
+    pub metric_export_interval_ms: u64,
+}
+
+/// The OTLP encodings this build can export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (the default).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON over HTTP.
+    #[value(name = "http/json")]
+    HttpJson,
 }
 
 impl Config {
+    /// Where metrics go, if anywhere: the metrics endpoint as given, else the base endpoint with
+    /// `/v1/metrics` appended, as the OpenTelemetry specification says. Empty values count as unset.
+    pub fn otlp_metrics_url(&self) -> Option<String> {
+        if let Some(url) = non_empty(&self.otlp_metrics_endpoint) {
+            return Some(url.to_owned());
+        }
+        non_empty(&self.otlp_endpoint)
+            .map(|base| format!("{}/v1/metrics", base.trim_end_matches('/')))
+    }
+
+    /// Where profiles go, if anywhere (an empty value counts as unset).
+    pub fn pyroscope_url(&self) -> Option<&str> {
+        non_empty(&self.pyroscope_server_address).map(|url| url.trim_end_matches('/'))
+    }
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
+impl Config {
+    /// How often metrics are exported.
+    pub fn metric_export_interval(&self) -> Duration {
+        Duration::from_millis(self.metric_export_interval_ms)
+    }
+
     /// The leak settings this configuration gives, checked for consistency.
     pub fn leak_settings(&self) -> Result<LeakSettings, ConfigError> {
         if self.leak_chunk_bytes > self.leak_max_bytes {
@@ -126,6 +219,40 @@ mod tests {
         assert!(parse(&["--leak-max-bytes", &(MAX_LEAK_BYTES + 1).to_string()]).is_err());
         assert!(parse(&["--addr", "not-an-address"]).is_err());
         assert!(parse(&["--leak-chunk-bytes", "-5"]).is_err());
+    }
+
+    #[test]
+    fn the_otlp_endpoint_resolves_as_the_specification_says() {
+        let base = parse(&["--otlp-endpoint", "http://prom:9090/api/v1/otlp/"]).unwrap();
+        assert_eq!(
+            base.otlp_metrics_url().as_deref(),
+            Some("http://prom:9090/api/v1/otlp/v1/metrics")
+        );
+        let both = parse(&[
+            "--otlp-endpoint",
+            "http://a",
+            "--otlp-metrics-endpoint",
+            "http://b/custom",
+        ])
+        .unwrap();
+        assert_eq!(both.otlp_metrics_url().as_deref(), Some("http://b/custom"));
+        assert_eq!(parse(&[]).unwrap().otlp_metrics_url(), None);
+        assert_eq!(
+            parse(&["--otlp-endpoint", " "]).unwrap().otlp_metrics_url(),
+            None
+        );
+        assert!(
+            parse(&["--otlp-protocol", "grpc"]).is_err(),
+            "gRPC is not built in"
+        );
+        assert_eq!(
+            parse(&["--otlp-protocol", "http/json"])
+                .unwrap()
+                .otlp_protocol,
+            OtlpProtocol::HttpJson
+        );
+        let pyroscope = parse(&["--pyroscope-server-address", "http://pyro:4040/"]).unwrap();
+        assert_eq!(pyroscope.pyroscope_url(), Some("http://pyro:4040"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! with the shared symboliser, never through pprof-rs's `backtrace` cache.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -269,21 +270,35 @@ fn window_samples(
     samples
 }
 
+/// Whether [`warm_up`] saw the first CPU samples, so that pprof-rs's unwinder is set up and later
+/// runs can take signals on any thread. Process-wide because that unwinder is: it lives in a
+/// pprof-rs static, set up once per process.
+static WARMED_UP: AtomicBool = AtomicBool::new(false);
+
+/// Whether CPU profiling may run in this process (see [`warm_up`]).
+pub fn warmed_up() -> bool {
+    WARMED_UP.load(Ordering::Acquire)
+}
+
 /// Starts and stops the sampler once, on the calling thread, before anything else runs.
 ///
 /// pprof-rs sets its framehop unwinder up lazily, inside the SIGPROF handler, where it
 /// allocates. That is only safe if the interrupted thread holds no allocator lock, so the first
 /// signals are taken here, at start-up, while the only thread spins on arithmetic and allocates
-/// nothing (an allocation interrupted by that first signal would deadlock). Returns how long it
-/// took.
+/// nothing (an allocation interrupted by that first signal would deadlock). If no signal arrives,
+/// CPU profiling stays off for the life of the process. Returns how long it took.
 pub fn warm_up() -> Result<Duration, ProfilingError> {
     let _unsampled = UnsampledThread::begin();
     let clock = Instant::now();
     let guard = ProfilerGuardBuilder::default().frequency(1000).build();
-    // From here until the spin ends, nothing may allocate.
+    // From here until the spin ends, nothing may allocate. SIGPROF follows CPU time, not wall
+    // time, so spin for CPU time: on a loaded machine a wall-clock spin may get none.
+    let spun_from = thread_cpu_time();
     let mut spin = 0u64;
     if guard.is_ok() {
-        while clock.elapsed() < WARM_UP_SPIN {
+        while thread_cpu_time().saturating_sub(spun_from) < WARM_UP_CPU
+            && clock.elapsed() < WARM_UP_LIMIT
+        {
             for i in 0..10_000u64 {
                 spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
             }
@@ -303,12 +318,32 @@ pub fn warm_up() -> Result<Duration, ProfilingError> {
         Ok(()) if !sampled => Err(ProfilingError::Unavailable(
             "no CPU sample arrived during warm-up".into(),
         )),
-        Ok(()) => Ok(clock.elapsed()),
+        Ok(()) => {
+            WARMED_UP.store(true, Ordering::Release);
+            Ok(clock.elapsed())
+        }
     }
 }
 
-/// How long the warm-up spins: at 1000 Hz, about a hundred signals land in it.
-const WARM_UP_SPIN: Duration = Duration::from_millis(100);
+/// CPU time the warm-up spins for: at a 4 ms kernel tick, a dozen signals land in it.
+const WARM_UP_CPU: Duration = Duration::from_millis(50);
+/// Wall time the warm-up may take at most, however starved of CPU.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(5);
+
+/// CPU time this thread has used. Reads a clock; allocates nothing.
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` through a valid, exclusive pointer.
+    let code = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if code != 0 {
+        return Duration::MAX; // no clock: end the spin at once
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
 
 /// The leaf is the interrupted instruction itself; the rest are return addresses.
 fn lookup_address(depth: usize, address: u64) -> u64 {

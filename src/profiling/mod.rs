@@ -55,11 +55,16 @@ pub struct Profilers {
 impl Profilers {
     /// Starts the profilers whose background work ends when `shutdown` is cancelled.
     pub fn start(shutdown: &CancellationToken) -> Self {
-        let cpu = match cpu::CpuSampler::start(shutdown.child_token()) {
-            Ok(sampler) => Some(sampler),
-            Err(error) => {
-                tracing::warn!(%error, "cannot start the CPU sampler thread");
-                None
+        let cpu = if !cpu::warmed_up() {
+            tracing::warn!("CPU profiling is off: the start-up warm-up took no sample");
+            None
+        } else {
+            match cpu::CpuSampler::start(shutdown.child_token()) {
+                Ok(sampler) => Some(sampler),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the CPU sampler thread");
+                    None
+                }
             }
         };
         Self {

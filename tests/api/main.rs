@@ -11,3 +11,4 @@ mod leaks;
 mod lifecycle;
 mod pprof;
 mod swagger;
+mod telemetry;

@@ -1,0 +1,67 @@
+//! Observability: logs, OTLP metrics and continuous profiles pushed to Pyroscope.
+//!
+//! Everything that leaves the process goes through exporters on their own threads, so a backend
+//! that is down, slow or failing never slows a request. Their warnings are rate-limited, and a
+//! [`TelemetryGuard`] flushes them at shutdown within a bounded time.
+
+pub mod logs;
+pub mod metrics;
+pub mod push;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use logs::subscriber;
+
+use crate::app::AppState;
+use crate::config::Config;
+
+/// The longest shutdown waits for exporters to flush.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The running exporters. Dropping it flushes and stops them, waiting at most [`FLUSH_DEADLINE`].
+#[must_use = "dropping the guard stops the exporters"]
+pub struct TelemetryGuard {
+    metrics: Option<metrics::MetricsExport>,
+    push: Option<push::ProfilePush>,
+}
+
+impl TelemetryGuard {
+    /// Starts whatever export the configuration turns on.
+    pub fn start(config: &Config, state: &Arc<AppState>) -> anyhow::Result<Self> {
+        let metrics = metrics::MetricsExport::start(config, state)?;
+        let push = push::ProfilePush::start(config, state)?;
+        Ok(Self { metrics, push })
+    }
+
+    /// The histogram HTTP requests are recorded in, when metrics are exported.
+    pub fn http_metrics(&self) -> Option<metrics::HttpMetrics> {
+        self.metrics.as_ref().map(metrics::MetricsExport::http)
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let (metrics, push) = (self.metrics.take(), self.push.take());
+        if metrics.is_none() && push.is_none() {
+            return;
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        // A backend that blackholes requests could hold a flush for its whole timeout: flush on a
+        // thread of its own, and stop waiting at the deadline.
+        let flushing = std::thread::Builder::new()
+            .name("telemetry-flush".into())
+            .spawn(move || {
+                if let Some(metrics) = metrics {
+                    metrics.shutdown();
+                }
+                if let Some(push) = push {
+                    push.shutdown();
+                }
+                let _ = done.send(());
+            });
+        if flushing.is_ok() && finished.recv_timeout(FLUSH_DEADLINE).is_err() {
+            tracing::warn!("telemetry did not flush within {FLUSH_DEADLINE:?}; exiting anyway");
+        }
+    }
+}
