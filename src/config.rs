@@ -23,6 +23,10 @@ pub const MAX_LEAK_BYTES: u64 = 4 * GIB;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "leakfinder", version, about, long_about = None)]
 pub struct Config {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on. Port 0 picks a free port; the start-up log names the real one.
     #[arg(long, env = "LEAKFINDER_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -106,6 +110,13 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..=3_600_000),
     )]
     pub metric_export_interval_ms: u64,
+}
+
+/// Commands besides serving (the default).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exits 0 if the service at `--addr` answers `/healthz` (for container health checks).
+    Healthcheck,
 }
 
 /// The OTLP encodings this build can export.

@@ -9,13 +9,16 @@
 //! - [`config`] — the typed command-line and environment configuration.
 //! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.
 //! - [`api`] — the OpenAPI operations, the spec, Swagger UI and JSON errors.
+//! - [`healthcheck`] — the container health probe.
 //! - [`leaks`] — the three leaks beside their globals, the safe counterpart, and the controller.
 //! - [`process`] — RSS and jemalloc counters, and returning freed memory to the OS.
-//! - [`telemetry`] — logging.
+//! - [`profiling`] — heap, CPU and task profiles in pprof format, symbolised in the process.
+//! - [`telemetry`] — logs, OTLP metrics, and profiles pushed to Pyroscope.
 
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod healthcheck;
 pub mod leaks;
 pub mod process;
 pub mod profiling;

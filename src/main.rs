@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use leakfinder::app::{Application, shutdown_signal};
-use leakfinder::config::Config;
+use leakfinder::config::{Command, Config};
 use leakfinder::profiling::tasks::root;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,15 @@ pub static MALLOC_CONF: Option<&'static c_char> = Some(
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Healthcheck) = config.command {
+        return match leakfinder::healthcheck::probe(config.addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("leakfinder: unhealthy: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(error) = config.leak_settings() {
         Config::command()
             .error(clap::error::ErrorKind::ArgumentConflict, error)

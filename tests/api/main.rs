@@ -10,5 +10,6 @@ mod endpoints;
 mod leaks;
 mod lifecycle;
 mod pprof;
+mod stack;
 mod swagger;
 mod telemetry;

@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# A release build that keeps line tables and symbols (profiles carry names and lines), with
+# dependencies cached by cargo-chef, run as a non-root user.
+
+FROM rust:1.95.0-slim-bookworm AS chef
+# jemalloc's build needs make; cargo-chef caches the dependency build.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && cargo install cargo-chef --locked --version 0.1.78
+WORKDIR /app
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+# .cargo/config.toml sets --cfg tokio_unstable (task dumps): the dependencies must be cooked with
+# the same flags as the final build, or the cache would not be reused.
+COPY .cargo .cargo
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin leakfinder
+COPY . .
+RUN cargo build --release --locked --bin leakfinder
+
+FROM debian:12.12-slim AS runtime
+RUN useradd --system --uid 10001 --no-create-home leakfinder
+COPY --from=builder /app/target/release/leakfinder /usr/local/bin/leakfinder
+USER 10001
+ENV LEAKFINDER_ADDR=0.0.0.0:8080
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=10 \
+    CMD ["leakfinder", "healthcheck"]
+ENTRYPOINT ["leakfinder"]
