@@ -296,14 +296,12 @@ async fn start_prometheus() -> Prometheus {
     };
     let client = reqwest::Client::new();
     for _ in 0..300 {
-        if let Ok(response) = client
+        let ready = client
             .get(format!("{}/-/ready", prometheus.url))
             .send()
-            .await
-        {
-            if response.status() == 200 {
-                return prometheus;
-            }
+            .await;
+        if ready.is_ok_and(|response| response.status() == 200) {
+            return prometheus;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
