@@ -117,6 +117,9 @@ pub struct Config {
 pub enum Command {
     /// Exits 0 if the service at `--addr` answers `/healthz` (for container health checks).
     Healthcheck,
+    /// Watches a service's heap and task profiles and reports what leaks (exit 0: nothing,
+    /// 1: leaks found, 2: error). Works on this service and on any Go `net/http/pprof` service.
+    Scan(crate::detector::scan::ScanArgs),
 }
 
 /// The OTLP encodings this build can export.

@@ -9,6 +9,7 @@
 //! - [`config`] — the typed command-line and environment configuration.
 //! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.
 //! - [`api`] — the OpenAPI operations, the spec, Swagger UI and JSON errors.
+//! - [`detector`] — the leak detector: sampling, decoding, analysis, and `leakfinder scan`.
 //! - [`healthcheck`] — the container health probe.
 //! - [`leaks`] — the three leaks beside their globals, the safe counterpart, and the controller.
 //! - [`process`] — RSS and jemalloc counters, and returning freed memory to the OS.
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod detector;
 pub mod healthcheck;
 pub mod leaks;
 pub mod process;

@@ -29,14 +29,18 @@ pub static MALLOC_CONF: Option<&'static c_char> = Some(
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    if let Some(Command::Healthcheck) = config.command {
-        return match leakfinder::healthcheck::probe(config.addr) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("leakfinder: unhealthy: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    match &config.command {
+        Some(Command::Healthcheck) => {
+            return match leakfinder::healthcheck::probe(config.addr) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("leakfinder: unhealthy: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Scan(args)) => return leakfinder::detector::scan::run(args),
+        None => {}
     }
     if let Err(error) = config.leak_settings() {
         Config::command()

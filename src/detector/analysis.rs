@@ -1,0 +1,412 @@
+//! Leak analysis: pure functions over per-site time series. No I/O, no clocks.
+//!
+//! A site leaks when its retained amount rises steadily, and is still rising now:
+//! - the Mann-Kendall test finds a monotonic upward trend over the whole window, and again over
+//!   its recent half (a warm-up that plateaus, or a one-off step, is flat by then);
+//! - the Theil-Sen slope (the median of pairwise slopes, robust to outliers, sampling noise, GC
+//!   lag and sawtooth churn) is at least the minimum rate, over the whole window and recently;
+//! - the robust growth (median of the last points minus median of the first) passes a minimum.
+
+use std::collections::BTreeMap;
+
+/// One observation of a site: seconds since the scan started, and the amount retained then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Seconds since the first sample.
+    pub t: f64,
+    /// Bytes or tasks retained at `t`.
+    pub value: f64,
+}
+
+/// When a rising series counts as a leak.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// The smallest rate (units per second) worth reporting.
+    pub min_rate: f64,
+    /// The smallest robust growth over the window (units).
+    pub min_growth: f64,
+    /// Significance of the whole-window trend (one-sided).
+    pub alpha: f64,
+    /// Significance of the recent-half trend (one-sided); fewer points, so looser.
+    pub alpha_recent: f64,
+    /// Fewest points before any verdict.
+    pub min_points: usize,
+}
+
+impl Thresholds {
+    /// For heap profiles, in bytes.
+    pub const HEAP: Thresholds = Thresholds {
+        min_rate: 32.0 * 1024.0,
+        min_growth: 1024.0 * 1024.0,
+        alpha: 0.01,
+        alpha_recent: 0.05,
+        min_points: 6,
+    };
+
+    /// For task (goroutine) profiles, in tasks.
+    pub const TASKS: Thresholds = Thresholds {
+        min_rate: 0.2,
+        min_growth: 3.0,
+        alpha: 0.01,
+        alpha_recent: 0.05,
+        min_points: 6,
+    };
+}
+
+/// A steady upward trend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trend {
+    /// Theil-Sen slope over the whole window, in units per second.
+    pub rate: f64,
+    /// Theil-Sen slope over the recent half.
+    pub recent_rate: f64,
+    /// Robust growth over the window.
+    pub growth: f64,
+    /// `1 - p`, the larger of the two trend tests' p-values.
+    pub confidence: f64,
+}
+
+/// Why a series is not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Not enough points yet.
+    TooFewPoints,
+    /// No significant upward trend over the window (noise, churn, or flat).
+    NoTrend,
+    /// It rose, but not any more: a warm-up that plateaued, or a step.
+    Settled,
+    /// It rises, but slower than the minimum rate or by less than the minimum growth.
+    TooSlow,
+}
+
+/// The verdict on one series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// The series leaks.
+    Leak(Trend),
+    /// The series is not reported, and why.
+    Quiet(Quiet),
+}
+
+/// The Mann-Kendall statistic `S` and its normal score `Z` (with the tie correction).
+pub fn mann_kendall(values: &[f64]) -> (f64, f64) {
+    let n = values.len();
+    if n < 2 {
+        return (0.0, 0.0);
+    }
+    let mut s = 0.0;
+    for i in 0..n {
+        for j in i + 1..n {
+            s += sign(values[j] - values[i]);
+        }
+    }
+    let mut ties: BTreeMap<u64, usize> = BTreeMap::new();
+    for value in values {
+        *ties.entry(value.to_bits()).or_default() += 1;
+    }
+    let nf = n as f64;
+    let tie_term: f64 = ties
+        .values()
+        .filter(|&&t| t > 1)
+        .map(|&t| {
+            let t = t as f64;
+            t * (t - 1.0) * (2.0 * t + 5.0)
+        })
+        .sum();
+    let variance = (nf * (nf - 1.0) * (2.0 * nf + 5.0) - tie_term) / 18.0;
+    if variance <= 0.0 {
+        return (s, 0.0);
+    }
+    let z = if s > 0.0 {
+        (s - 1.0) / variance.sqrt()
+    } else if s < 0.0 {
+        (s + 1.0) / variance.sqrt()
+    } else {
+        0.0
+    };
+    (s, z)
+}
+
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// The one-sided p-value of an upward trend with normal score `z`.
+pub fn p_upward(z: f64) -> f64 {
+    0.5 * erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The complementary error function (Numerical Recipes' Chebyshev fit, |error| < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// The Theil-Sen slope: the median of the slopes between every pair of points.
+pub fn theil_sen(points: &[Point]) -> f64 {
+    let mut slopes = Vec::with_capacity(points.len() * points.len() / 2);
+    for (i, a) in points.iter().enumerate() {
+        for b in &points[i + 1..] {
+            let dt = b.t - a.t;
+            if dt > 0.0 {
+                slopes.push((b.value - a.value) / dt);
+            }
+        }
+    }
+    median(&mut slopes)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The robust growth of a series: the median of its last three values minus that of its first
+/// three.
+pub fn robust_growth(points: &[Point]) -> f64 {
+    let k = points.len().min(3);
+    let mut first: Vec<f64> = points[..k].iter().map(|p| p.value).collect();
+    let mut last: Vec<f64> = points[points.len() - k..].iter().map(|p| p.value).collect();
+    median(&mut last) - median(&mut first)
+}
+
+/// Whether a series leaks.
+pub fn assess(points: &[Point], thresholds: &Thresholds) -> Verdict {
+    let finite = points
+        .iter()
+        .all(|p| p.t.is_finite() && p.value.is_finite());
+    if points.len() < thresholds.min_points.max(4) || !finite {
+        return Verdict::Quiet(Quiet::TooFewPoints);
+    }
+    let values: Vec<f64> = points.iter().map(|p| p.value).collect();
+    let (_, z) = mann_kendall(&values);
+    let p_full = p_upward(z);
+    if p_full >= thresholds.alpha {
+        return Verdict::Quiet(Quiet::NoTrend);
+    }
+    let recent = &points[points.len() / 2..];
+    let recent_values: Vec<f64> = recent.iter().map(|p| p.value).collect();
+    let (_, z_recent) = mann_kendall(&recent_values);
+    let p_recent = p_upward(z_recent);
+    let rate = theil_sen(points);
+    let recent_rate = theil_sen(recent);
+    if p_recent >= thresholds.alpha_recent || recent_rate < thresholds.min_rate / 2.0 {
+        return Verdict::Quiet(Quiet::Settled);
+    }
+    let growth = robust_growth(points);
+    if rate < thresholds.min_rate || growth < thresholds.min_growth {
+        return Verdict::Quiet(Quiet::TooSlow);
+    }
+    Verdict::Leak(Trend {
+        rate,
+        recent_rate,
+        growth,
+        confidence: 1.0 - p_full.max(p_recent),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    /// A deterministic pseudo-random sequence in [-1, 1), so tests are repeatable.
+    fn noise(seed: u64) -> impl Iterator<Item = f64> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::iter::from_fn(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            Some((state >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
+        })
+    }
+
+    fn series(n: usize, value: impl Fn(f64) -> f64) -> Vec<Point> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64;
+                Point { t, value: value(t) }
+            })
+            .collect()
+    }
+
+    fn leak(points: &[Point]) -> Trend {
+        match assess(points, &Thresholds::HEAP) {
+            Verdict::Leak(trend) => trend,
+            quiet => panic!("expected a leak, got {quiet:?}"),
+        }
+    }
+
+    fn quiet(points: &[Point]) -> Quiet {
+        match assess(points, &Thresholds::HEAP) {
+            Verdict::Quiet(why) => why,
+            Verdict::Leak(trend) => panic!("expected no leak, got {trend:?}"),
+        }
+    }
+
+    #[test]
+    fn a_steady_leak_is_found_with_its_rate() {
+        let points = series(10, |t| 50.0 * MIB + 10.0 * MIB * t);
+        let trend = leak(&points);
+        assert!((trend.rate - 10.0 * MIB).abs() < 1.0, "{trend:?}");
+        assert!(trend.confidence > 0.99, "{trend:?}");
+    }
+
+    #[test]
+    fn a_slow_leak_is_found_given_time() {
+        let mut jitter = noise(1);
+        let points = series(60, |t| {
+            20.0 * MIB + 64.0 * 1024.0 * t + 16.0 * 1024.0 * jitter.next().unwrap()
+        });
+        let trend = leak(&points);
+        assert!(
+            (trend.rate / (64.0 * 1024.0) - 1.0).abs() < 0.1,
+            "{trend:?}"
+        );
+    }
+
+    #[test]
+    fn noise_alone_is_quiet() {
+        for seed in 0..20 {
+            let mut jitter = noise(seed);
+            let points = series(60, |_| 40.0 * MIB + 4.0 * MIB * jitter.next().unwrap());
+            let why = quiet(&points);
+            assert!(
+                matches!(why, Quiet::NoTrend | Quiet::Settled | Quiet::TooSlow),
+                "seed {seed}: {why:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_warm_up_that_plateaus_is_quiet() {
+        let points = series(60, |t| 8.0 * MIB * (t / 6.0).min(1.0));
+        assert_eq!(quiet(&points), Quiet::Settled);
+        let saturating = series(60, |t| 16.0 * MIB * (1.0 - (-t / 4.0).exp()));
+        assert!(matches!(
+            quiet(&saturating),
+            Quiet::Settled | Quiet::TooSlow
+        ));
+    }
+
+    #[test]
+    fn a_sawtooth_of_churn_is_quiet() {
+        let points = series(60, |t| {
+            10.0 * MIB + 8.0 * MIB * ((t as usize % 7) as f64 / 7.0)
+        });
+        let why = quiet(&points);
+        assert!(
+            matches!(why, Quiet::NoTrend | Quiet::Settled | Quiet::TooSlow),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_is_quiet_even_late_in_the_window() {
+        for step_at in [10.0, 30.0, 36.0, 45.0] {
+            let points = series(60, |t| if t < step_at { 10.0 * MIB } else { 50.0 * MIB });
+            let why = quiet(&points);
+            assert!(
+                matches!(why, Quiet::Settled | Quiet::NoTrend | Quiet::TooSlow),
+                "step at {step_at}: {why:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leak_hidden_in_noise_is_found() {
+        let mut jitter = noise(7);
+        // 256 KiB/s under ±4 MiB of noise: invisible point to point, clear over a minute.
+        let points = series(60, |t| {
+            100.0 * MIB + 256.0 * 1024.0 * t + 4.0 * MIB * jitter.next().unwrap()
+        });
+        let trend = leak(&points);
+        assert!(
+            (trend.rate / (256.0 * 1024.0) - 1.0).abs() < 0.35,
+            "{trend:?}"
+        );
+    }
+
+    #[test]
+    fn a_growing_sawtooth_is_a_leak() {
+        // Churn on top of a rising floor: the floor is the leak.
+        let points = series(60, |t| {
+            5.0 * MIB * t / 10.0 + 4.0 * MIB * ((t as usize % 5) as f64 / 5.0)
+        });
+        leak(&points);
+    }
+
+    #[test]
+    fn too_few_points_or_bad_numbers_give_no_verdict() {
+        assert_eq!(quiet(&series(3, |t| t * MIB)), Quiet::TooFewPoints);
+        let mut points = series(10, |t| t * MIB);
+        points[4].value = f64::NAN;
+        assert_eq!(quiet(&points), Quiet::TooFewPoints);
+        assert_eq!(quiet(&[]), Quiet::TooFewPoints);
+    }
+
+    #[test]
+    fn mann_kendall_and_theil_sen_agree_with_known_values() {
+        let (s, z) = mann_kendall(&[1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(s, 10.0);
+        assert!((z - 9.0 / (5.0f64 * 4.0 * 15.0 / 18.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mann_kendall(&[3.0, 3.0, 3.0]), (0.0, 0.0));
+        assert!((p_upward(1.6449) - 0.05).abs() < 1e-4);
+        assert!((p_upward(0.0) - 0.5).abs() < 1e-9);
+        let outlier = [
+            Point { t: 0.0, value: 0.0 },
+            Point { t: 1.0, value: 2.0 },
+            Point {
+                t: 2.0,
+                value: 400.0,
+            },
+            Point { t: 3.0, value: 6.0 },
+            Point { t: 4.0, value: 8.0 },
+        ];
+        assert!(
+            (theil_sen(&outlier) - 2.0).abs() < 1e-9,
+            "robust to the outlier"
+        );
+    }
+
+    #[test]
+    fn task_thresholds_find_tasks_piling_up() {
+        let points = series(10, |t| 3.0 + 10.0 * t);
+        assert!(matches!(
+            assess(&points, &Thresholds::TASKS),
+            Verdict::Leak(_)
+        ));
+        let steady = series(30, |t| 12.0 + (t as usize % 3) as f64);
+        assert!(matches!(
+            assess(&steady, &Thresholds::TASKS),
+            Verdict::Quiet(_)
+        ));
+    }
+}

@@ -1,0 +1,288 @@
+//! `leakfinder scan <URL>`: watch a service's heap and task profiles for a while and report the
+//! sites that leak, ranked by rate.
+//!
+//! Exit codes: 0 when nothing leaks, 1 when leaks are found, 2 on error (for example a URL that
+//! does not serve pprof).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::profile::{ProfileKind, snapshot};
+use super::sampler::{FetchError, Sampler, Target};
+use super::{Detector, Finding};
+
+/// The `scan` command's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScanArgs {
+    /// The service: its base URL, or any of its `/debug/pprof/` URLs.
+    pub url: String,
+    /// How long to watch (`30s`, `2m`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Time between two samples.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Print `{"findings": [...]}` as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to save the first and last profiles (default: a new directory under the system's
+    /// temporary directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    if !(0.001..=86_400.0).contains(&seconds) {
+        return Err(format!("{text:?} must be between 1ms and 24h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A finding as the scan reports it: with the command that confirms it.
+#[derive(Debug, serde::Serialize)]
+struct Reported<'a> {
+    #[serde(flatten)]
+    finding: &'a Finding,
+    confirm: String,
+}
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+enum ScanError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("cannot save profiles under {dir}: {source}")]
+    Save {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Profile(#[from] super::profile::SnapshotError),
+}
+
+/// Runs the scan and returns its exit code.
+pub fn run(args: &ScanArgs) -> ExitCode {
+    match scan(args) {
+        Ok(findings) if findings.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("leakfinder scan: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn file_name(kind: ProfileKind, which: &str) -> String {
+    let name = match kind {
+        ProfileKind::Heap => "heap",
+        ProfileKind::Tasks => "goroutine",
+    };
+    format!("{name}-{which}.pb.gz")
+}
+
+fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ScanError> {
+    std::fs::write(dir.join(name), bytes).map_err(|source| ScanError::Save {
+        dir: dir.to_owned(),
+        source,
+    })
+}
+
+fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
+    let sampler = Sampler::new(Target::parse(&args.url)?)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        std::env::temp_dir().join(format!("leakfinder-scan-{stamp}-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&out).map_err(|source| ScanError::Save {
+        dir: out.clone(),
+        source,
+    })?;
+    let interactive = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut detector = Detector::new(usize::MAX);
+    let mut kinds = vec![ProfileKind::Heap, ProfileKind::Tasks];
+    let mut last: Vec<(ProfileKind, Vec<u8>)>;
+    let mut samples = 0usize;
+    loop {
+        let tick = Instant::now();
+        let t = started.elapsed().as_secs_f64();
+        let mut fetched = Vec::new();
+        for &kind in &kinds {
+            match sampler.fetch(kind) {
+                Ok((bytes, profile)) => {
+                    detector.observe(t, &snapshot(&profile, kind)?);
+                    if samples == 0 {
+                        save(&out, &file_name(kind, "first"), &bytes)?;
+                    }
+                    fetched.push((kind, bytes));
+                }
+                // A target without a task profile can still be scanned for heap leaks.
+                Err(error) if samples == 0 && kind == ProfileKind::Tasks => {
+                    eprintln!("leakfinder scan: no task profile ({error}); scanning the heap only");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        kinds.retain(|kind| fetched.iter().any(|(fetched, _)| fetched == kind));
+        last = fetched;
+        samples += 1;
+        let suspects = detector.findings().len();
+        let line = format!(
+            "scanning {}: {samples} samples, {:.0}/{:.0} s, {} sites watched, {suspects} suspected",
+            sampler.target().base(),
+            started.elapsed().as_secs_f64(),
+            args.duration.as_secs_f64(),
+            detector.sites(),
+        );
+        if interactive {
+            eprint!("\r{line}  ");
+        } else {
+            eprintln!("{line}");
+        }
+        if started.elapsed() + args.interval > args.duration {
+            break;
+        }
+        std::thread::sleep(args.interval.saturating_sub(tick.elapsed()));
+    }
+    if interactive {
+        eprintln!();
+    }
+    for (kind, bytes) in &last {
+        save(&out, &file_name(*kind, "last"), bytes)?;
+    }
+    let findings = detector.findings();
+    let reported: Vec<Reported> = findings
+        .iter()
+        .map(|finding| {
+            let kind = if finding.unit == "bytes" {
+                ProfileKind::Heap
+            } else {
+                ProfileKind::Tasks
+            };
+            let confirm = format!(
+                "go tool pprof -top -base {} {}",
+                out.join(file_name(kind, "first")).display(),
+                out.join(file_name(kind, "last")).display()
+            );
+            Reported { finding, confirm }
+        })
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+    let elapsed = started.elapsed().as_secs_f64();
+    if args.json {
+        let json = serde_json::json!({ "findings": reported });
+        let _ = writeln!(stdout, "{json}");
+    } else {
+        let _ = write!(
+            stdout,
+            "{}",
+            render(&reported, sampler.target().base(), samples, elapsed, &out)
+        );
+    }
+    Ok(findings)
+}
+
+fn human(value: f64, unit: &str) -> String {
+    if unit != "bytes" {
+        return format!("{value:.1} {unit}");
+    }
+    let mut value = value;
+    for suffix in ["B", "KiB", "MiB", "GiB"] {
+        if value.abs() < 1024.0 || suffix == "GiB" {
+            return format!("{value:.1} {suffix}");
+        }
+        value /= 1024.0;
+    }
+    unreachable!("the loop returns at GiB")
+}
+
+fn render(reported: &[Reported], base: &str, samples: usize, elapsed: f64, out: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if reported.is_empty() {
+        let _ = writeln!(
+            text,
+            "no leak found at {base} ({samples} samples over {elapsed:.1} s); profiles saved in {}",
+            out.display()
+        );
+        return text;
+    }
+    let _ = writeln!(
+        text,
+        "{} leak(s) found at {base} ({samples} samples over {elapsed:.1} s), fastest first:\n",
+        reported.len()
+    );
+    for (rank, Reported { finding, confirm }) in reported.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "{}. {} leak: {}/s in {}\n   at {}:{}\n   retained now {}, first seen at {:.1} s, confidence {:.3}",
+            rank + 1,
+            finding.kind,
+            human(finding.rate_per_second, finding.unit),
+            finding.function,
+            finding.file,
+            finding.line,
+            human(finding.retained, finding.unit),
+            finding.first_seen_seconds,
+            finding.confidence,
+        );
+        for frame in finding.evidence.stack.iter().take(6) {
+            let _ = writeln!(text, "     {frame}");
+        }
+        let _ = writeln!(text, "   confirm: {confirm}\n");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_bounds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "s", "10x", "-1s", "0s", "25h", "1e9"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human(10.0 * 1024.0 * 1024.0, "bytes"), "10.0 MiB");
+        assert_eq!(human(512.0, "bytes"), "512.0 B");
+        assert_eq!(
+            human(3.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0, "bytes"),
+            "3072.0 GiB"
+        );
+        assert_eq!(human(9.5, "tasks"), "9.5 tasks");
+    }
+}
