@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::{Config, LeakSettings};
+use crate::detector::watch::{self, LeakWatch};
 use crate::leaks::Leaks;
+use crate::leaks::benign::WarmupCache;
 use crate::profiling::Profilers;
 use crate::telemetry::TelemetryGuard;
 use crate::telemetry::metrics::instrument;
@@ -24,16 +26,29 @@ const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct AppState {
     /// The three leaks.
     pub leaks: Leaks,
+    /// The benign warm-up cache, which the detector must not report.
+    pub benign: WarmupCache,
     /// The process's profilers.
-    pub profilers: Profilers,
+    pub profilers: Arc<Profilers>,
+    /// The continuous leak watch behind `/leak-report`.
+    pub watch: Arc<LeakWatch>,
+    /// Cancelled at shutdown; background work started on request hangs off it.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     /// The state of a fresh application whose background work stops when `shutdown` is cancelled.
-    pub fn new(settings: LeakSettings, shutdown: &CancellationToken) -> Self {
+    pub fn new(
+        settings: LeakSettings,
+        watch_interval: Duration,
+        shutdown: &CancellationToken,
+    ) -> Self {
         Self {
             leaks: Leaks::new(settings, shutdown.child_token()),
-            profilers: Profilers::start(shutdown),
+            benign: WarmupCache::default(),
+            profilers: Arc::new(Profilers::start(shutdown)),
+            watch: Arc::new(LeakWatch::new(watch_interval)),
+            shutdown: shutdown.clone(),
         }
     }
 }
@@ -60,7 +75,13 @@ impl Application {
             .first()
             .and_then(|addr| addr.as_socket_addr().copied())
             .context("the TCP listener reports no local address")?;
-        let state = Arc::new(AppState::new(settings, &shutdown));
+        let watch_interval = Duration::from_millis(config.leak_report_interval_ms);
+        let state = Arc::new(AppState::new(settings, watch_interval, &shutdown));
+        watch::spawn(
+            Arc::clone(&state.watch),
+            Arc::clone(&state.profilers),
+            shutdown.child_token(),
+        );
         let telemetry = TelemetryGuard::start(config, &state)?;
         Ok(Self {
             acceptor,

@@ -110,6 +110,15 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(100..=3_600_000),
     )]
     pub metric_export_interval_ms: u64,
+
+    /// Milliseconds between two self-profiles of the continuous leak watch (`/leak-report`).
+    #[arg(
+        long,
+        env = "LEAK_REPORT_INTERVAL_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000),
+    )]
+    pub leak_report_interval_ms: u64,
 }
 
 /// Commands besides serving (the default).

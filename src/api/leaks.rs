@@ -17,6 +17,21 @@ use crate::leaks::{LeakKind, StartOutcome, StopOutcome};
 enum ApiTags {
     /// Start, stop and reset the three deliberate leaks.
     Leaks,
+    /// A benign scenario the leak detector must not report.
+    Benign,
+}
+
+/// The warm-up cache's state.
+#[derive(Debug, Object)]
+pub struct BenignCache {
+    /// Its filler is running.
+    pub active: bool,
+    /// Entries held (at most 128).
+    pub entries: u64,
+    /// Bytes held (at most 8 MiB).
+    pub bytes: u64,
+    /// For a start: whether this request started it.
+    pub started: bool,
 }
 
 /// The leak operations.
@@ -133,6 +148,48 @@ fn bad_reset(_: poem::Error) -> ResetResponse {
 
 #[OpenApi(tag = "ApiTags::Leaks")]
 impl LeakApi {
+    /// Start the benign warm-up cache
+    ///
+    /// Not a leak: a cache that grows one 64 KiB entry every 50 ms until it holds 8 MiB, then
+    /// evicts its oldest entry for every new one, so it stays flat while it keeps allocating. For
+    /// the first seconds it looks exactly like a leak; the detector must stay quiet about it.
+    #[oai(
+        path = "/start-benign/cache-warmup",
+        method = "get",
+        method = "post",
+        tag = "ApiTags::Benign"
+    )]
+    async fn start_benign(&self) -> Json<BenignCache> {
+        let started = self.state.benign.start(&self.state.shutdown).await;
+        let status = self.state.benign.status();
+        Json(BenignCache {
+            active: status.active,
+            entries: status.entries,
+            bytes: status.bytes,
+            started,
+        })
+    }
+
+    /// Reset the benign warm-up cache
+    ///
+    /// Stops the filler and empties the cache.
+    #[oai(
+        path = "/reset-benign/cache-warmup",
+        method = "get",
+        method = "post",
+        tag = "ApiTags::Benign"
+    )]
+    async fn reset_benign(&self) -> Json<BenignCache> {
+        self.state.benign.reset().await;
+        let status = self.state.benign.status();
+        Json(BenignCache {
+            active: status.active,
+            entries: status.entries,
+            bytes: status.bytes,
+            started: false,
+        })
+    }
+
     /// Start a leak
     ///
     /// Starts the producer of one leak: `slice` (leak 1, a global vector), `channel` (leak 2,

@@ -209,6 +209,17 @@ impl StatusApi {
         }))
     }
 
+    /// Report what leaks, continuously
+    ///
+    /// The leak detector, run on this service's own heap and task profiles every interval
+    /// (`LEAK_REPORT_INTERVAL_MS`): each site whose retained bytes or tasks keep rising, with its
+    /// function, file, line, rate, confidence and stack. Warm-ups that plateau and churn are not
+    /// reported.
+    #[oai(path = "/leak-report", method = "get")]
+    async fn leak_report(&self) -> Json<crate::detector::watch::WatchReport> {
+        Json(self.state.watch.report())
+    }
+
     /// Health check
     #[oai(path = "/healthz", method = "get")]
     async fn healthz(&self) -> Json<Health> {

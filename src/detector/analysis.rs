@@ -248,7 +248,7 @@ mod tests {
         })
     }
 
-    fn series(n: usize, value: impl Fn(f64) -> f64) -> Vec<Point> {
+    fn series(n: usize, mut value: impl FnMut(f64) -> f64) -> Vec<Point> {
         (0..n)
             .map(|i| {
                 let t = i as f64;

@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod profile;
 pub mod sampler;
 pub mod scan;
+pub mod watch;
 
 use std::collections::BTreeMap;
 
@@ -20,10 +21,10 @@ use analysis::{Point, Thresholds, Verdict};
 use profile::{ProfileKind, Site, Snapshot};
 
 /// A site whose retained amount keeps rising.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, poem_openapi::Object)]
 pub struct Finding {
     /// `heap`, `tasks`, or `goroutines` for a Go target's tasks.
-    pub kind: &'static str,
+    pub kind: String,
     /// The leaking function.
     pub function: String,
     /// Its source file.
@@ -33,7 +34,7 @@ pub struct Finding {
     /// Growth per second (Theil-Sen), in `unit`s.
     pub rate_per_second: f64,
     /// `bytes` or `tasks`.
-    pub unit: &'static str,
+    pub unit: String,
     /// What the site retains in the latest profile.
     pub retained: f64,
     /// Seconds after the first sample at which the site was first seen.
@@ -45,7 +46,7 @@ pub struct Finding {
 }
 
 /// The evidence for a finding.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, poem_openapi::Object)]
 pub struct Evidence {
     /// The stack of the largest sample at the site, leaf first.
     pub stack: Vec<String>,
@@ -142,12 +143,12 @@ impl Detector {
                     ProfileKind::Tasks => ("tasks", "tasks"),
                 };
                 Some(Finding {
-                    kind: kind_name,
+                    kind: kind_name.to_owned(),
                     function: site.function.clone(),
                     file: site.file.clone(),
                     line: site.line,
                     rate_per_second: trend.rate,
-                    unit,
+                    unit: unit.to_owned(),
                     retained: series.points.last().map_or(0.0, |point| point.value),
                     first_seen_seconds: series.first_seen,
                     confidence: trend.confidence,

@@ -243,11 +243,11 @@ fn render(reported: &[Reported], base: &str, samples: usize, elapsed: f64, out: 
             "{}. {} leak: {}/s in {}\n   at {}:{}\n   retained now {}, first seen at {:.1} s, confidence {:.3}",
             rank + 1,
             finding.kind,
-            human(finding.rate_per_second, finding.unit),
+            human(finding.rate_per_second, &finding.unit),
             finding.function,
             finding.file,
             finding.line,
-            human(finding.retained, finding.unit),
+            human(finding.retained, &finding.unit),
             finding.first_seen_seconds,
             finding.confidence,
         );

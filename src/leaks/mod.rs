@@ -6,6 +6,7 @@
 //! the three the walkthrough names. Every leak is bounded: it stops growing at the configured cap,
 //! or at [`MAX_ITEMS`] chunks, whichever comes first, and reports itself as capped.
 
+pub mod benign;
 pub mod channel;
 pub mod map;
 pub mod safe;

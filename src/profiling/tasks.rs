@@ -311,7 +311,7 @@ mod tests {
         assert!(parse_trace_debug("").is_empty());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn the_real_runtime_dump_still_has_the_form_we_read() {
         let (sender, _receiver) = tokio::sync::mpsc::channel::<u8>(1);
         sender.send(1).await.unwrap();

@@ -136,6 +136,51 @@ fn register_gauges(meter: &Meter, state: &Arc<AppState>) {
             })
             .build();
     };
+    let watch = Arc::clone(&state.watch);
+    meter
+        .u64_observable_gauge("leakfinder.detector.suspects")
+        .with_unit("{site}")
+        .with_description("Sites the continuous leak watch reports as leaking.")
+        .with_callback(move |gauge| gauge.observe(watch.report().findings.len() as u64, &[]))
+        .build();
+    for (name, unit, description, measured) in [
+        (
+            "leakfinder.detector.heap_growth",
+            "By/s",
+            "Growth of each heap site the leak watch reports.",
+            "bytes",
+        ),
+        (
+            "leakfinder.detector.task_growth",
+            "{task}/s",
+            "Growth of each task site the leak watch reports.",
+            "tasks",
+        ),
+    ] {
+        let watch = Arc::clone(&state.watch);
+        meter
+            .f64_observable_gauge(name)
+            .with_unit(unit)
+            .with_description(description)
+            .with_callback(move |gauge| {
+                for finding in watch
+                    .report()
+                    .findings
+                    .iter()
+                    .filter(|f| f.unit == measured)
+                {
+                    gauge.observe(
+                        finding.rate_per_second,
+                        &[
+                            KeyValue::new("function", finding.function.clone()),
+                            KeyValue::new("code.filepath", finding.file.clone()),
+                            KeyValue::new("code.lineno", finding.line),
+                        ],
+                    );
+                }
+            })
+            .build();
+    }
     leak_gauge(
         "leakfinder.leak.retained",
         "By",

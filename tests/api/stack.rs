@@ -335,6 +335,7 @@ async fn every_promql_expression_returns_data_from_real_prometheus() {
         ),
         ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
         ("OTEL_SERVICE_NAME", "leakfinder"),
+        ("LEAK_REPORT_INTERVAL_MS", "500"),
         ("LEAK_CHUNK_BYTES", "65536"),
         ("LEAK_INTERVAL_MS", "20"),
     ]);

@@ -256,6 +256,7 @@ async fn otlp_metrics_have_semantic_names_units_attributes_and_the_leak_grows() 
         ("leakfinder.leak.items", "{chunk}"),
         ("leakfinder.leak.blocked_tasks", "{task}"),
         ("http.server.request.duration", "s"),
+        ("leakfinder.detector.suspects", "{site}"),
     ];
     for (name, unit) in expected {
         let (actual, points) = export
