@@ -67,10 +67,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// One runtime thread: tokio's multi-thread task dump (the task profile) can spin forever in its
-/// work-stealing hand-off (tokio 1.54), while the current-thread dump is a plain walk of the
-/// tasks. Profiling work and the leaks' memory fills run on blocking threads or are cheap.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let app = Application::build(&config, shutdown.clone()).await?;

@@ -2,7 +2,7 @@
 //!
 //! A site leaks when its retained amount rises steadily, and is still rising now:
 //! - the Mann-Kendall test finds a monotonic upward trend over the whole window, and again over
-//!   its recent half (a warm-up that plateaus, or a one-off step, is flat by then);
+//!   its recent 60% (a warm-up that plateaus, or a one-off step, is flat by then);
 //! - the Theil-Sen slope (the median of pairwise slopes, robust to outliers, sampling noise, GC
 //!   lag and sawtooth churn) is at least the minimum rate, over the whole window and recently;
 //! - the robust growth (median of the last points minus median of the first) passes a minimum.
@@ -27,7 +27,7 @@ pub struct Thresholds {
     pub min_growth: f64,
     /// Significance of the whole-window trend (one-sided).
     pub alpha: f64,
-    /// Significance of the recent-half trend (one-sided); fewer points, so looser.
+    /// Significance of the recent trend (one-sided); fewer points, so looser.
     pub alpha_recent: f64,
     /// Fewest points before any verdict.
     pub min_points: usize,
@@ -38,18 +38,18 @@ impl Thresholds {
     pub const HEAP: Thresholds = Thresholds {
         min_rate: 32.0 * 1024.0,
         min_growth: 1024.0 * 1024.0,
-        alpha: 0.01,
-        alpha_recent: 0.05,
-        min_points: 6,
+        alpha: 0.001,
+        alpha_recent: 0.01,
+        min_points: 8,
     };
 
     /// For task (goroutine) profiles, in tasks.
     pub const TASKS: Thresholds = Thresholds {
         min_rate: 0.2,
         min_growth: 3.0,
-        alpha: 0.01,
-        alpha_recent: 0.05,
-        min_points: 6,
+        alpha: 0.001,
+        alpha_recent: 0.01,
+        min_points: 8,
     };
 }
 
@@ -58,7 +58,7 @@ impl Thresholds {
 pub struct Trend {
     /// Theil-Sen slope over the whole window, in units per second.
     pub rate: f64,
-    /// Theil-Sen slope over the recent half.
+    /// Theil-Sen slope over the recent 60% of the window.
     pub recent_rate: f64,
     /// Robust growth over the window.
     pub growth: f64,
@@ -208,7 +208,8 @@ pub fn assess(points: &[Point], thresholds: &Thresholds) -> Verdict {
     if p_full >= thresholds.alpha {
         return Verdict::Quiet(Quiet::NoTrend);
     }
-    let recent = &points[points.len() / 2..];
+    // The recent 60%: enough points for the trend to be tested on its own.
+    let recent = &points[points.len() * 2 / 5..];
     let recent_values: Vec<f64> = recent.iter().map(|p| p.value).collect();
     let (_, z_recent) = mann_kendall(&recent_values);
     let p_recent = p_upward(z_recent);
@@ -379,7 +380,7 @@ mod tests {
         assert!((z - 9.0 / (5.0f64 * 4.0 * 15.0 / 18.0).sqrt()).abs() < 1e-12);
         assert_eq!(mann_kendall(&[3.0, 3.0, 3.0]), (0.0, 0.0));
         assert!((p_upward(1.6449) - 0.05).abs() < 1e-4);
-        assert!((p_upward(0.0) - 0.5).abs() < 1e-9);
+        assert!((p_upward(0.0) - 0.5).abs() < 1e-6);
         let outlier = [
             Point { t: 0.0, value: 0.0 },
             Point { t: 1.0, value: 2.0 },

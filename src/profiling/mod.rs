@@ -18,6 +18,9 @@ use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
+/// The least time between the end of one task dump and the start of the next.
+const DUMP_SPACING: Duration = Duration::from_millis(250);
+
 /// Why a profile could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfilingError {
@@ -48,8 +51,9 @@ pub struct Profilers {
     pub symbols: Arc<symbols::Symbolizer>,
     /// The one CPU sampler, when it could start.
     pub cpu: Option<cpu::CpuSampler>,
-    /// One task dump at a time.
-    task_dumps: AsyncMutex<()>,
+    /// One task dump at a time, and when the last one ended: a dump wakes every task, so the
+    /// next waits for them to settle (see `tasks::QUIET_QUEUE`).
+    task_dumps: AsyncMutex<Option<std::time::Instant>>,
 }
 
 impl Profilers {
@@ -70,7 +74,7 @@ impl Profilers {
         Self {
             symbols: Arc::default(),
             cpu,
-            task_dumps: AsyncMutex::new(()),
+            task_dumps: AsyncMutex::new(None),
         }
     }
 
@@ -99,8 +103,14 @@ impl Profilers {
     /// The tasks of the current runtime, symbolised.
     pub async fn tasks(&self) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
         let raw = {
-            let _one_at_a_time = self.task_dumps.lock().await;
-            tasks::dump().await?
+            let mut last = self.task_dumps.lock().await;
+            if let Some(ended) = *last {
+                let settle = DUMP_SPACING.saturating_sub(ended.elapsed());
+                tokio::time::sleep(settle).await;
+            }
+            let raw = tasks::dump().await;
+            *last = Some(std::time::Instant::now());
+            raw?
         };
         let symbols = Arc::clone(&self.symbols);
         tokio::task::spawn_blocking(move || {

@@ -60,11 +60,38 @@ pub struct RawTask {
     pub stacks: Vec<Vec<u64>>,
 }
 
-/// Takes a task dump of the current runtime. Every worker must check in, so it is bounded by
-/// [`DUMP_TIMEOUT`].
+/// A dump waits for every worker's run queue to hold at most this many tasks.
+///
+/// tokio 1.54's multi-thread dump first steals every worker's queued tasks into one queue, and
+/// spins for ever once that queue is half full (128 tasks), taking the runtime down with it. (The
+/// current-thread dump is no better: it panics when a task it polls wakes another.) So a dump
+/// starts only once the queues are short, and not right after another, whose wake-ups refill them.
+const QUIET_QUEUE: usize = 32;
+/// How long a dump waits for the queues to drain before it gives up (503, try again).
+const QUIET_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes a task dump of the current runtime, once its run queues are short (see [`QUIET_QUEUE`]).
+/// Every worker must check in, so it is bounded by [`DUMP_TIMEOUT`].
 #[cfg(tokio_unstable)]
 pub async fn dump() -> Result<Vec<RawTask>, ProfilingError> {
     let handle = tokio::runtime::Handle::current();
+    let metrics = handle.metrics();
+    let waiting = std::time::Instant::now();
+    loop {
+        let longest = (0..metrics.num_workers())
+            .map(|worker| metrics.worker_local_queue_depth(worker))
+            .max()
+            .unwrap_or(0);
+        if longest <= QUIET_QUEUE {
+            break;
+        }
+        if waiting.elapsed() > QUIET_WAIT {
+            return Err(ProfilingError::Unavailable(format!(
+                "the runtime stayed too busy for a task dump ({longest} tasks queued on one worker); try again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let dump = tokio::time::timeout(DUMP_TIMEOUT, handle.dump())
         .await
         .map_err(|_| ProfilingError::Timeout("task dump"))?;
@@ -311,7 +338,7 @@ mod tests {
         assert!(parse_trace_debug("").is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_real_runtime_dump_still_has_the_form_we_read() {
         let (sender, _receiver) = tokio::sync::mpsc::channel::<u8>(1);
         sender.send(1).await.unwrap();

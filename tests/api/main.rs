@@ -6,6 +6,7 @@
 mod helpers;
 
 mod config;
+mod detector;
 mod endpoints;
 mod leaks;
 mod lifecycle;

@@ -386,8 +386,9 @@ async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile()
         first_cost <= 8 * MIB,
         "the first profiles kept {first_cost} bytes"
     );
+    // The CPU sampler's last 64 windows and new addresses in the symbol cache: bounded, small.
     assert!(
-        repeat_cost <= MIB,
+        repeat_cost <= 4 * MIB,
         "repeated profiles kept {repeat_cost} more bytes"
     );
     assert!(allocated(&after_many) <= 48 * MIB, "{after_many}");
