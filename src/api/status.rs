@@ -211,10 +211,10 @@ impl StatusApi {
 
     /// Report what leaks, continuously
     ///
-    /// The leak detector, run on this service's own heap and task profiles every interval
-    /// (`LEAK_REPORT_INTERVAL_MS`): each site whose retained bytes or tasks keep rising, with its
-    /// function, file, line, rate, confidence and stack. Warm-ups that plateau and churn are not
-    /// reported.
+    /// The leak detector, run on this service's own heap profile every interval
+    /// (`LEAK_REPORT_INTERVAL_MS`): each site whose retained bytes keep rising, with its function,
+    /// file, line, rate, confidence and stack. Warm-ups that plateau and churn are not reported.
+    /// (Task leaks: `leakfinder scan`, or the alive and blocked task metrics.)
     #[oai(path = "/leak-report", method = "get")]
     async fn leak_report(&self) -> Json<crate::detector::watch::WatchReport> {
         Json(self.state.watch.report())

@@ -1,8 +1,13 @@
-//! `/leak-report`: the detector, run continuously on this service's own heap and task profiles.
+//! `/leak-report`: the detector, run continuously on this service's own heap profile.
 //!
-//! Every interval it takes both profiles in-process (the same ones `/debug/pprof` serves) and
+//! Every interval it takes the heap profile in-process (the one `/debug/pprof/heap` serves) and
 //! feeds a sliding window of them to a [`Detector`]. The latest findings are served as JSON and
 //! exported as metrics.
+//!
+//! It takes no task dumps: a tokio 1.54 task dump wakes every task, and a dump taken while many
+//! tasks are queued can spin for ever (see `profiling::tasks`), which a dump every few seconds
+//! beside a task leak makes likely. Task dumps stay on request: `/debug/pprof/goroutine` and
+//! `leakfinder scan`; tasks piling up show continuously in the alive and blocked task metrics.
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -11,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::profile::{ProfileKind, snapshot};
 use super::{Detector, Finding};
-use crate::profiling::{Profilers, tasks};
+use crate::profiling::Profilers;
 
 /// Profiles kept per series: five minutes at the default interval.
 pub const WINDOW: usize = 60;
@@ -76,15 +81,6 @@ impl LeakWatch {
                     }
                 }
                 Err(error) => tracing::debug!(%error, "leak watch: no heap profile this round"),
-            }
-            match profilers.tasks().await {
-                Ok(stacks) => {
-                    if let Ok(tasks) = snapshot(&tasks::build_profile(&stacks), ProfileKind::Tasks)
-                    {
-                        detector.observe(t, &tasks);
-                    }
-                }
-                Err(error) => tracing::debug!(%error, "leak watch: no task profile this round"),
             }
             samples += 1;
             let findings = detector.findings();

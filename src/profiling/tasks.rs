@@ -78,8 +78,10 @@ pub async fn dump() -> Result<Vec<RawTask>, ProfilingError> {
     let metrics = handle.metrics();
     let waiting = std::time::Instant::now();
     loop {
+        // Workers refill their queues from the global one, so both must be short.
         let longest = (0..metrics.num_workers())
             .map(|worker| metrics.worker_local_queue_depth(worker))
+            .chain([metrics.global_queue_depth()])
             .max()
             .unwrap_or(0);
         if longest <= QUIET_QUEUE {
