@@ -75,13 +75,6 @@ fn listening_addr(line: &str) -> Option<String> {
 }
 
 impl TestApp {
-    /// A handle on a service started elsewhere (no process of its own to stop).
-    pub fn attach(base: &str) -> AttachedApp {
-        AttachedApp {
-            base: base.to_owned(),
-        }
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -179,9 +172,4 @@ pub fn flag(report: &Value, path: &str) -> bool {
         .pointer(&pointer)
         .and_then(Value::as_bool)
         .unwrap_or_else(|| panic!("{path} is a boolean in {report}"))
-}
-
-/// A service this handle does not own.
-pub struct AttachedApp {
-    pub base: String,
 }
