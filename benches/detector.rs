@@ -23,7 +23,7 @@ fn time_to_detect(base: &str, started: Instant) -> f64 {
     let mut scan = Command::new(BINARY)
         .args([
             "scan",
-            &app.base,
+            base,
             "--duration",
             "20s",
             "--interval",
