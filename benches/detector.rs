@@ -8,6 +8,8 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,28 +48,6 @@ fn time_to_detect(base: &str, started: Instant) -> f64 {
     detected.expect("the leak is found within 20 s")
 }
 
-/// Requests per second of `/safe-test?tasks=10` from 4 concurrent clients over `window`.
-async fn throughput(app: &TestApp, window: Duration) -> f64 {
-    let deadline = Instant::now() + window;
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let client = app.client.clone();
-        let url = app.url("/safe-test?tasks=10");
-        clients.spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                let response = client.get(&url).send().await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.bytes().await.unwrap();
-                done += 1;
-            }
-            done
-        });
-    }
-    let total: u64 = clients.join_all().await.into_iter().sum();
-    total as f64 / window.as_secs_f64()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     println!("leakfinder detector benchmark (one run, side by side)");
@@ -84,7 +64,7 @@ async fn main() {
 
     let app = spawn_app(&[]);
     let window = Duration::from_secs(5);
-    let quiet = throughput(&app, window).await;
+    let quiet = common::throughput(&app, 4, window).await;
     let mut scan = Command::new(BINARY)
         .args(["scan", &app.base, "--duration", "30s", "--interval", "1s"])
         .stdout(Stdio::null())
@@ -92,10 +72,10 @@ async fn main() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let scanned = throughput(&app, window).await;
+    let scanned = common::throughput(&app, 4, window).await;
     let _ = scan.kill();
     let _ = scan.wait();
-    let quiet_again = throughput(&app, window).await;
+    let quiet_again = common::throughput(&app, 4, window).await;
     let baseline = (quiet + quiet_again) / 2.0;
     println!(
         "/safe-test throughput: no scan {baseline:.0} req/s, scan running {scanned:.0} req/s, ratio {:.3}",

@@ -10,6 +10,8 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use helpers::{TestApp, num, spawn_app};
@@ -44,28 +46,6 @@ async fn latency(app: &TestApp, path: &str, rounds: usize) -> (Duration, Duratio
         warm.push(fetch_profile(app, path).await.0);
     }
     (cold, median(warm))
-}
-
-/// Requests per second of `/safe-test?tasks=10` from 8 concurrent clients over `window`.
-async fn throughput(app: &TestApp, window: Duration) -> f64 {
-    let deadline = Instant::now() + window;
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let client = app.client.clone();
-        let url = app.url("/safe-test?tasks=10");
-        clients.spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                let response = client.get(&url).send().await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.bytes().await.unwrap();
-                done += 1;
-            }
-            done
-        });
-    }
-    let total: u64 = clients.join_all().await.into_iter().sum();
-    total as f64 / window.as_secs_f64()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +106,14 @@ async fn main() {
     let window = Duration::from_secs(4);
     let (mut off_rps, mut active_rps) = (0.0, 0.0);
     for _ in 0..2 {
-        off_rps += throughput(&off, window).await;
+        off_rps += common::throughput(&off, 8, window).await;
         let cpu = {
             let client = active.client.clone();
             let url = active.url("/debug/pprof/profile?seconds=6");
             tokio::spawn(async move { client.get(&url).send().await.map(|r| r.status().as_u16()) })
         };
         tokio::time::sleep(Duration::from_millis(1500)).await; // the sampler is running
-        active_rps += throughput(&active, window).await;
+        active_rps += common::throughput(&active, 8, window).await;
         assert_eq!(
             cpu.await.unwrap().unwrap(),
             200,

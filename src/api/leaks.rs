@@ -46,6 +46,18 @@ impl LeakApi {
     }
 }
 
+impl BenignCache {
+    fn now(state: &AppState, started: bool) -> Self {
+        let status = state.benign.status();
+        Self {
+            active: status.active,
+            entries: status.entries,
+            bytes: status.bytes,
+            started,
+        }
+    }
+}
+
 /// What a start request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "snake_case")]
@@ -161,13 +173,7 @@ impl LeakApi {
     )]
     async fn start_benign(&self) -> Json<BenignCache> {
         let started = self.state.benign.start(&self.state.shutdown).await;
-        let status = self.state.benign.status();
-        Json(BenignCache {
-            active: status.active,
-            entries: status.entries,
-            bytes: status.bytes,
-            started,
-        })
+        Json(BenignCache::now(&self.state, started))
     }
 
     /// Reset the benign warm-up cache
@@ -181,13 +187,7 @@ impl LeakApi {
     )]
     async fn reset_benign(&self) -> Json<BenignCache> {
         self.state.benign.reset().await;
-        let status = self.state.benign.status();
-        Json(BenignCache {
-            active: status.active,
-            entries: status.entries,
-            bytes: status.bytes,
-            started: false,
-        })
+        Json(BenignCache::now(&self.state, false))
     }
 
     /// Start a leak

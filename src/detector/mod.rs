@@ -222,6 +222,136 @@ mod tests {
         assert_eq!(findings[0].retained, 12e6);
     }
 
+    /// A deterministic xorshift stream, so the property tests are repeatable.
+    fn random(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    fn valid_profile() -> Vec<u8> {
+        use crate::profiling::pprof::{Frame, ProfileBuilder, StackEntry, encode_gzip};
+        let mut builder = ProfileBuilder::new(
+            &[("inuse_objects", "count"), ("inuse_space", "bytes")],
+            ("space", "bytes"),
+            524_288,
+        );
+        for i in 0..20u64 {
+            let frame = |name: String| Frame {
+                function: name.into(),
+                file: "src/x.rs".into(),
+                line: i as u32,
+            };
+            let stack = vec![
+                StackEntry {
+                    address: i,
+                    frames: vec![frame(format!("leaf{i}")), frame("runtime.mallocgc".into())]
+                        .into(),
+                    skip: 0,
+                },
+                StackEntry {
+                    address: 100 + i,
+                    frames: vec![frame("main.main".into())].into(),
+                    skip: 0,
+                },
+            ];
+            builder.add_sample(&stack, vec![i as i64, (i * 1000) as i64], &[("k", "v")]);
+        }
+        encode_gzip(&builder.build())
+    }
+
+    /// Property: whatever bytes arrive, decoding, reading per site and analysing never panic.
+    #[test]
+    fn malformed_profiles_never_panic_the_decoder_or_the_analysis() {
+        use crate::profiling::pprof::decode;
+        let valid = valid_profile();
+        let raw = {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(valid.as_slice())
+                .read_to_end(&mut raw)
+                .unwrap();
+            raw
+        };
+        let mut next = random(42);
+        let mut detector = Detector::new(16);
+        let mut decoded = 0;
+        for round in 0..4000u64 {
+            let mut bytes = if round % 2 == 0 {
+                raw.clone()
+            } else {
+                valid.clone()
+            };
+            match next() % 4 {
+                0 => {
+                    for _ in 0..1 + next() % 8 {
+                        let at = (next() as usize) % bytes.len();
+                        bytes[at] ^= 1 << (next() % 8);
+                    }
+                }
+                1 => bytes.truncate((next() as usize) % bytes.len()),
+                2 => {
+                    let at = (next() as usize) % bytes.len();
+                    bytes.splice(at..at, (0..next() % 64).map(|_| next() as u8));
+                }
+                _ => bytes = (0..next() % 512).map(|_| next() as u8).collect(),
+            }
+            if let Ok(profile) = decode(&bytes, 1 << 20) {
+                decoded += 1;
+                for kind in [ProfileKind::Heap, ProfileKind::Tasks] {
+                    if let Ok(snapshot) = profile::snapshot(&profile, kind) {
+                        detector.observe(round as f64, &snapshot);
+                    }
+                }
+                let _ = detector.findings();
+            }
+        }
+        assert!(
+            decoded > 100,
+            "mutations still decode often enough to exercise the reader: {decoded}"
+        );
+    }
+
+    /// Property: any series, however odd its numbers, gets a verdict without panicking.
+    #[test]
+    fn odd_series_never_panic_the_analysis() {
+        let mut next = random(7);
+        let odd = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            -f64::MAX,
+            0.0,
+            -0.0,
+            1e-300,
+        ];
+        for _ in 0..2000 {
+            let n = (next() % 40) as usize;
+            let points: Vec<analysis::Point> = (0..n)
+                .map(|i| analysis::Point {
+                    t: if next() % 10 == 0 {
+                        odd[(next() % 8) as usize]
+                    } else {
+                        i as f64
+                    },
+                    value: if next() % 5 == 0 {
+                        odd[(next() % 8) as usize]
+                    } else {
+                        (next() % 1_000_000) as f64
+                    },
+                })
+                .collect();
+            let _ = analysis::assess(&points, &Thresholds::HEAP);
+            let _ = analysis::theil_sen(&points);
+            let _ = analysis::mann_kendall(&points.iter().map(|p| p.value).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn vanished_sites_read_zero_then_are_forgotten() {
         let mut detector = Detector::new(5);
