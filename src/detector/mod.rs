@@ -334,12 +334,12 @@ mod tests {
             let n = (next() % 40) as usize;
             let points: Vec<analysis::Point> = (0..n)
                 .map(|i| analysis::Point {
-                    t: if next() % 10 == 0 {
+                    t: if next().is_multiple_of(10) {
                         odd[(next() % 8) as usize]
                     } else {
                         i as f64
                     },
-                    value: if next() % 5 == 0 {
+                    value: if next().is_multiple_of(5) {
                         odd[(next() % 8) as usize]
                     } else {
                         (next() % 1_000_000) as f64
