@@ -378,11 +378,6 @@ impl Leaks {
             },
         }
     }
-
-    /// Whether any leak is started.
-    pub fn any_active(&self) -> bool {
-        LeakKind::ALL.iter().any(|&kind| self.status(kind).active)
-    }
 }
 
 #[cfg(test)]

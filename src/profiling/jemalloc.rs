@@ -2,20 +2,6 @@
 
 use tikv_jemalloc_ctl::raw;
 
-/// Whether jemalloc was built with profiling and `malloc_conf` enabled it (`opt.prof`).
-#[allow(unsafe_code)]
-pub fn profiling_enabled() -> bool {
-    // SAFETY: `opt.prof` is a read-only `bool` mallctl; reading it as `bool` matches its type.
-    unsafe { raw::read::<bool>(b"opt.prof\0") }.unwrap_or(false)
-}
-
-/// The average bytes between two samples (`2^opt.lg_prof_sample`), 0 when profiling is off.
-#[allow(unsafe_code)]
-pub fn sample_interval_bytes() -> u64 {
-    // SAFETY: `opt.lg_prof_sample` is a read-only `size_t` mallctl, read here as `usize`.
-    unsafe { raw::read::<usize>(b"opt.lg_prof_sample\0") }.map_or(0, |lg| 1u64 << lg)
-}
-
 /// While alive, allocations made by this thread are not sampled, so the profiler's own transient
 /// work (loading debug info to symbolise) never shows in the heap profile it produces.
 pub struct UnsampledThread {
