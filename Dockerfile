@@ -15,8 +15,9 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-# .cargo/config.toml sets --cfg tokio_unstable (task dumps): the dependencies must be cooked with
-# the same flags as the final build, or the cache would not be reused.
+# .cargo/config.toml sets --cfg tokio_unstable (task hooks and tracing) and frame pointers (task
+# stacks): the dependencies must be cooked with the same flags as the final build, or the cache
+# would not be reused.
 COPY .cargo .cargo
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin leakfinder

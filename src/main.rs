@@ -67,8 +67,25 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Serves on a multi-thread runtime whose task hooks count every task by spawn site (the task
+/// profile's accounting), until SIGTERM or SIGINT.
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let runtime = leakfinder::profiling::tasks::install(&mut builder)
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let served = runtime.block_on(serve(config));
+    // Tasks still parked (a task leak holds thousands) are dropped here; blocking jobs still
+    // running get a bounded time, so a stop never waits on them for ever.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    served
+}
+
+/// How long blocking jobs still running at exit may delay it.
+const RUNTIME_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let app = Application::build(&config, shutdown.clone()).await?;
     let on_signal = shutdown.clone();

@@ -57,7 +57,6 @@ fn json_error(status: StatusCode, error: impl ToString, valid: &str) -> Response
 fn failure(error: &ProfilingError) -> Response {
     let status = match error {
         ProfilingError::HeapProfilingDisabled => StatusCode::FORBIDDEN,
-        ProfilingError::NotCompiled(_) => StatusCode::NOT_IMPLEMENTED,
         ProfilingError::Unavailable(_) | ProfilingError::Timeout(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -154,7 +153,8 @@ that allocated.</td><td>none</td></tr>
 <td><code>seconds</code>: 1 to 60, default 30</td></tr>
 <tr><td><a href="goroutine?debug=1">goroutine</a></td>
 <td>Tokio tasks, as Go's goroutine profile: one sample per distinct stack, its value the number
-of tasks parked there, each labelled with what it waits for (<code>wait</code>).</td>
+of tasks there, labelled with what they wait for (<code>wait</code>), each stack ending in the
+<code>created by</code> frame of its spawn site. Taken without pausing the runtime.</td>
 <td><code>debug</code>: 0 protobuf (default), <a href="goroutine?debug=1">1</a> text with counts,
 <a href="goroutine?debug=2">2</a> one entry per task</td></tr>
 <tr><td><a href="tasks?debug=1">tasks</a></td><td>Alias of goroutine.</td>

@@ -20,6 +20,24 @@ use std::collections::BTreeMap;
 use analysis::{Point, Thresholds, Verdict};
 use profile::{ProfileKind, Site, Snapshot};
 
+/// Orders findings as reports show them: heap before tasks, fastest first.
+pub fn rank(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        (b.unit == "bytes")
+            .cmp(&(a.unit == "bytes"))
+            .then(b.rate_per_second.total_cmp(&a.rate_per_second))
+    });
+}
+
+/// The spawn site in a task stack (`function file:line` strings, leaf first): its root-most
+/// `created by` frame, as this service's task profile and Go's text profiles end.
+fn spawn_site(stack: &[String]) -> Option<String> {
+    stack
+        .last()
+        .and_then(|frame| frame.strip_prefix("created by "))
+        .map(str::to_owned)
+}
+
 /// A site whose retained amount keeps rising.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, poem_openapi::Object)]
 pub struct Finding {
@@ -41,6 +59,8 @@ pub struct Finding {
     pub first_seen_seconds: f64,
     /// `1 - p` of the trend tests.
     pub confidence: f64,
+    /// For tasks, where they were spawned (`function file:line`), when the profile says.
+    pub spawned_by: Option<String>,
     /// Why: the stack, and the numbers behind the verdict.
     pub evidence: Evidence,
 }
@@ -152,6 +172,7 @@ impl Detector {
                     retained: series.points.last().map_or(0.0, |point| point.value),
                     first_seen_seconds: series.first_seen,
                     confidence: trend.confidence,
+                    spawned_by: spawn_site(&series.stack),
                     evidence: Evidence {
                         stack: series.stack.clone(),
                         samples: series.points.len(),
@@ -161,11 +182,7 @@ impl Detector {
                 })
             })
             .collect();
-        findings.sort_by(|a, b| {
-            (b.unit == "bytes")
-                .cmp(&(a.unit == "bytes"))
-                .then(b.rate_per_second.total_cmp(&a.rate_per_second))
-        });
+        rank(&mut findings);
         findings
     }
 

@@ -11,8 +11,8 @@ use crate::profiling::pprof::{self, Profile};
 pub const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
 /// The largest profile decoded (decompressed): anything larger is refused as a bomb.
 pub const MAX_PROFILE_BYTES: usize = 256 << 20;
-/// How long one fetch may take (a Go heap profile with `gc=1` runs a GC first).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one fetch may take (a Go heap profile with `gc=1` runs a GC first, well within it).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a profile could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,19 @@ pub enum FetchError {
     /// The URL is not an `http://` or `https://` URL.
     #[error("{0:?} is not an http:// or https:// URL")]
     BadUrl(String),
-    /// The request failed.
+    /// The target accepted the connection but sent no answer in time: it is hung or overloaded.
+    #[error("target did not answer within {} s: {url}", FETCH_TIMEOUT.as_secs())]
+    Timeout {
+        /// What was fetched.
+        url: String,
+    },
+    /// Nothing listens at the target's address.
+    #[error("connection refused: {url} (is the service running?)")]
+    Refused {
+        /// What was fetched.
+        url: String,
+    },
+    /// The request failed otherwise.
     #[error("cannot fetch {url}: {reason}")]
     Transport {
         /// What was fetched.
@@ -122,7 +134,7 @@ impl Sampler {
             .client
             .get(&url)
             .send()
-            .map_err(|error| transport(error.to_string()))?;
+            .map_err(|error| classify(&url, &error))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(FetchError::Status { url, status });
@@ -137,7 +149,10 @@ impl Sampler {
         response
             .take(MAX_DOWNLOAD_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|error| transport(error.to_string()))?;
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::TimedOut => FetchError::Timeout { url: url.clone() },
+                _ => transport(error.to_string()),
+            })?;
         if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
             return Err(FetchError::NotPprof {
                 url,
@@ -162,9 +177,71 @@ impl Sampler {
     }
 }
 
+/// A failed request, said plainly: timed out, refused, or otherwise.
+fn classify(url: &str, error: &reqwest::Error) -> FetchError {
+    let url = url.to_owned();
+    if error.is_timeout() {
+        return FetchError::Timeout { url };
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return FetchError::Refused { url },
+                std::io::ErrorKind::TimedOut => return FetchError::Timeout { url },
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    let mut reason = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        reason = format!("{reason}: {inner}");
+        cause = inner.source();
+    }
+    FetchError::Transport { url, reason }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_and_silent_targets_are_said_plainly() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = Sampler::new(Target::parse(&format!("http://127.0.0.1:{port}")).unwrap())
+            .unwrap()
+            .fetch(ProfileKind::Heap)
+            .unwrap_err();
+        assert!(matches!(refused, FetchError::Refused { .. }), "{refused:?}");
+        assert!(
+            refused.to_string().starts_with("connection refused"),
+            "{refused}"
+        );
+
+        // A listener that accepts and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let started = std::time::Instant::now();
+        let timed_out = Sampler::new(Target::parse(&url).unwrap())
+            .unwrap()
+            .fetch(ProfileKind::Tasks)
+            .unwrap_err();
+        assert!(
+            timed_out
+                .to_string()
+                .starts_with("target did not answer within 10 s"),
+            "{timed_out}"
+        );
+        assert!(started.elapsed() < FETCH_TIMEOUT + Duration::from_secs(5));
+        drop(silent);
+    }
 
     #[test]
     fn targets_accept_base_and_pprof_urls() {

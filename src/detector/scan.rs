@@ -83,6 +83,54 @@ enum ScanError {
     Profile(#[from] super::profile::SnapshotError),
 }
 
+/// Consecutive failed fetches after which a profile is no longer fetched.
+const GIVE_UP_AFTER: u32 = 3;
+
+/// One profile kind being scanned.
+struct Watched {
+    kind: ProfileKind,
+    /// The latest profile fetched, as served.
+    last: Option<Vec<u8>>,
+    /// Failed fetches in a row, and the latest error.
+    failures: u32,
+    error: Option<FetchError>,
+}
+
+impl Watched {
+    fn new(kind: ProfileKind) -> Self {
+        Self {
+            kind,
+            last: None,
+            failures: 0,
+            error: None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ProfileKind::Heap => "heap",
+            ProfileKind::Tasks => "task",
+        }
+    }
+
+    /// Whether to stop fetching it: it failed [`GIVE_UP_AFTER`] times in a row, or on the very
+    /// first round when the target refused, answered an error status or answered something that
+    /// is not pprof (nothing there, or it does not serve that profile).
+    fn given_up(&self, first_round: bool) -> bool {
+        self.failures >= GIVE_UP_AFTER
+            || (first_round
+                && self.last.is_none()
+                && matches!(
+                    self.error,
+                    Some(
+                        FetchError::Status { .. }
+                            | FetchError::Refused { .. }
+                            | FetchError::NotPprof { .. }
+                    )
+                ))
+    }
+}
+
 /// Runs the scan and returns its exit code.
 pub fn run(args: &ScanArgs) -> ExitCode {
     match scan(args) {
@@ -125,31 +173,56 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
     let interactive = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut detector = Detector::new(usize::MAX);
-    let mut kinds = vec![ProfileKind::Heap, ProfileKind::Tasks];
-    let mut last: Vec<(ProfileKind, Vec<u8>)>;
+    let mut watched = vec![
+        Watched::new(ProfileKind::Heap),
+        Watched::new(ProfileKind::Tasks),
+    ];
     let mut samples = 0usize;
     loop {
         let tick = Instant::now();
         let t = started.elapsed().as_secs_f64();
-        let mut fetched = Vec::new();
-        for &kind in &kinds {
-            match sampler.fetch(kind) {
-                Ok((bytes, profile)) => {
-                    detector.observe(t, &snapshot(&profile, kind)?);
-                    if samples == 0 {
-                        save(&out, &file_name(kind, "first"), &bytes)?;
+        for profile in &mut watched {
+            match sampler.fetch(profile.kind) {
+                Ok((bytes, fetched)) => {
+                    detector.observe(t, &snapshot(&fetched, profile.kind)?);
+                    if profile.last.is_none() {
+                        save(&out, &file_name(profile.kind, "first"), &bytes)?;
                     }
-                    fetched.push((kind, bytes));
+                    profile.last = Some(bytes);
+                    profile.failures = 0;
                 }
-                // A target without a task profile can still be scanned for heap leaks.
-                Err(error) if samples == 0 && kind == ProfileKind::Tasks => {
-                    eprintln!("leakfinder scan: no task profile ({error}); scanning the heap only");
+                Err(error) => {
+                    profile.failures += 1;
+                    eprintln!(
+                        "leakfinder scan: no {} profile this round: {error}",
+                        profile.name()
+                    );
+                    profile.error = Some(error);
                 }
-                Err(error) => return Err(error.into()),
             }
         }
-        kinds.retain(|kind| fetched.iter().any(|(fetched, _)| fetched == kind));
-        last = fetched;
+        // A profile that keeps failing is given up; the others are still scanned. With none
+        // left, the scan fails with the last error, said plainly.
+        let (kept, dropped): (Vec<Watched>, Vec<Watched>) = watched
+            .into_iter()
+            .partition(|profile| !profile.given_up(samples == 0));
+        watched = kept;
+        for profile in &dropped {
+            if !watched.is_empty() {
+                eprintln!(
+                    "leakfinder scan: no longer fetching the {} profile; scanning the rest",
+                    profile.name()
+                );
+            }
+        }
+        if watched.is_empty() {
+            let error = dropped
+                .into_iter()
+                .rev()
+                .find_map(|profile| profile.error)
+                .expect("a profile is given up only after an error");
+            return Err(error.into());
+        }
         samples += 1;
         let suspects = detector.findings().len();
         let line = format!(
@@ -172,8 +245,15 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
     if interactive {
         eprintln!();
     }
-    for (kind, bytes) in &last {
-        save(&out, &file_name(*kind, "last"), bytes)?;
+    if watched.iter().all(|profile| profile.last.is_none()) {
+        // Not one profile in the whole scan: that is an error, not "no leak".
+        let error = watched.into_iter().find_map(|profile| profile.error);
+        return Err(error.expect("a profile without data failed").into());
+    }
+    for profile in &watched {
+        if let Some(bytes) = &profile.last {
+            save(&out, &file_name(profile.kind, "last"), bytes)?;
+        }
     }
     let findings = detector.findings();
     let reported: Vec<Reported> = findings

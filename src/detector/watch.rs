@@ -1,14 +1,12 @@
-//! `/leak-report`: the detector, run continuously on this service's own heap profile.
+//! `/leak-report`: the detector, run continuously on this service's own heap and task profiles.
 //!
-//! Every interval it takes the heap profile in-process (the one `/debug/pprof/heap` serves) and
-//! feeds a sliding window of them to a [`Detector`]. The latest findings are served as JSON and
-//! exported as metrics.
-//!
-//! It takes no task dumps: a tokio 1.54 task dump wakes every task, and a dump taken while many
-//! tasks are queued can spin for ever (see `profiling::tasks`), which a dump every few seconds
-//! beside a task leak makes likely. Task dumps stay on request: `/debug/pprof/goroutine` and
-//! `leakfinder scan`; tasks piling up show continuously in the alive and blocked task metrics.
+//! Every interval it takes the heap profile in-process (the one `/debug/pprof/heap` serves), and
+//! five times as often the task profile (the one `/debug/pprof/goroutine` serves: spawn-site
+//! counts and traced await stacks, cheap and safe to take in a loop). Each kind feeds a sliding
+//! window of its own to a [`Detector`]; the latest findings, and the alive tasks per spawn site,
+//! are served as JSON and exported as metrics.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,36 +15,67 @@ use tokio_util::sync::CancellationToken;
 use super::profile::{ProfileKind, snapshot};
 use super::{Detector, Finding};
 use crate::profiling::Profilers;
+use crate::profiling::tasks::{self, TaskStack};
 
-/// Profiles kept per series: five minutes at the default interval.
+/// Heap profiles kept per series: five minutes at the default interval. Task series keep
+/// [`TASK_RATE`] times as many, the same span of time (long series are reduced to block medians
+/// before the trend tests, so more points cost little).
 pub const WINDOW: usize = 60;
+/// Task profiles per heap profile: task leaks grow by a few tasks a second and a task profile
+/// costs little, so tasks are sampled often enough to be found within half a minute.
+pub const TASK_RATE: u32 = 5;
+/// The shortest interval between two task profiles.
+const MIN_TASK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Alive tasks spawned at one site.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, poem_openapi::Object)]
+pub struct SpawnSiteTasks {
+    /// The function that spawned them (`created by ...` in the task profile).
+    pub function: String,
+    /// Its source file.
+    pub file: String,
+    /// The line of the spawn.
+    pub line: i64,
+    /// Tasks alive.
+    pub alive: u64,
+}
 
 /// The latest verdicts.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, poem_openapi::Object)]
 pub struct WatchReport {
     /// Leaking sites, fastest first.
     pub findings: Vec<Finding>,
-    /// Profiles taken so far (of each kind).
+    /// Heap profiles taken so far.
     pub samples: u64,
-    /// Milliseconds between two profiles.
+    /// Task profiles taken so far.
+    pub task_samples: u64,
+    /// Milliseconds between two heap profiles.
     pub interval_ms: u64,
-    /// Profiles the analysis looks back over.
+    /// Milliseconds between two task profiles.
+    pub task_interval_ms: u64,
+    /// Heap profiles the analysis looks back over (task profiles: [`TASK_RATE`] times as many).
     pub window: u64,
+    /// Alive tasks by spawn site in the latest task profile, most first.
+    pub tasks_by_spawn_site: Vec<SpawnSiteTasks>,
 }
 
 /// The continuously updated report.
 pub struct LeakWatch {
     interval: Duration,
+    task_interval: Duration,
     report: RwLock<WatchReport>,
 }
 
 impl LeakWatch {
-    /// A watch that profiles every `interval`.
+    /// A watch that profiles the heap every `interval`, and tasks [`TASK_RATE`] times as often.
     pub fn new(interval: Duration) -> Self {
+        let task_interval = (interval / TASK_RATE).max(MIN_TASK_INTERVAL).min(interval);
         Self {
             interval,
+            task_interval,
             report: RwLock::new(WatchReport {
                 interval_ms: interval.as_millis() as u64,
+                task_interval_ms: task_interval.as_millis() as u64,
                 window: WINDOW as u64,
                 ..WatchReport::default()
             }),
@@ -61,39 +90,117 @@ impl LeakWatch {
             .clone()
     }
 
-    /// Profiles this service every interval until `cancel`, updating the report.
+    fn update(&self, change: impl FnOnce(&mut WatchReport)) {
+        change(&mut self.report.write().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Profiles this service until `cancel`, updating the report.
     pub async fn run(&self, profilers: &Profilers, cancel: CancellationToken) {
-        let mut detector = Detector::new(WINDOW);
+        let mut heap = Detector::new(WINDOW);
+        let mut tasks = Detector::new(WINDOW * TASK_RATE as usize);
         let started = Instant::now();
-        let mut ticks = tokio::time::interval(self.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut samples = 0;
+        let mut heap_ticks = tokio::time::interval(self.interval);
+        let mut task_ticks = tokio::time::interval(self.task_interval);
+        for ticks in [&mut heap_ticks, &mut task_ticks] {
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let (mut heap_samples, mut task_samples) = (0, 0);
         loop {
-            tokio::select! {
+            let kind = tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+                _ = heap_ticks.tick() => ProfileKind::Heap,
+                _ = task_ticks.tick() => ProfileKind::Tasks,
+            };
             let t = started.elapsed().as_secs_f64();
-            match profilers.heap().await {
-                Ok(profile) => {
-                    if let Ok(heap) = snapshot(&profile, ProfileKind::Heap) {
-                        detector.observe(t, &heap);
+            match kind {
+                ProfileKind::Heap => {
+                    match profilers.heap().await {
+                        Ok(profile) => {
+                            if let Ok(snapshot) = snapshot(&profile, ProfileKind::Heap) {
+                                heap.observe(t, &snapshot);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "leak watch: no heap profile this round");
+                        }
                     }
+                    heap_samples += 1;
                 }
-                Err(error) => tracing::debug!(%error, "leak watch: no heap profile this round"),
+                ProfileKind::Tasks => {
+                    match profilers.tasks().await {
+                        Ok(stacks) => {
+                            let profile = tasks::build_profile(&stacks);
+                            if let Ok(snapshot) = snapshot(&profile, ProfileKind::Tasks) {
+                                tasks.observe(t, &snapshot);
+                            }
+                            let by_site = by_spawn_site(&stacks);
+                            self.update(|report| report.tasks_by_spawn_site = by_site);
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "leak watch: no task profile this round");
+                        }
+                    }
+                    task_samples += 1;
+                }
             }
-            samples += 1;
-            let findings = detector.findings();
-            let mut report = self.report.write().unwrap_or_else(PoisonError::into_inner);
-            report.findings = findings;
-            report.samples = samples;
+            let mut findings = heap.findings();
+            findings.extend(tasks.findings());
+            super::rank(&mut findings);
+            self.update(|report| {
+                report.findings = findings;
+                report.samples = heap_samples;
+                report.task_samples = task_samples;
+            });
         }
     }
 }
 
+/// Alive tasks per spawn site (the `created by` frame ending each stack), most first.
+pub fn by_spawn_site(stacks: &[TaskStack]) -> Vec<SpawnSiteTasks> {
+    let mut sites: BTreeMap<(String, String, i64), u64> = BTreeMap::new();
+    for task in stacks {
+        let Some(frame) = task.stack.last().and_then(|entry| entry.shown().last()) else {
+            continue;
+        };
+        let Some(function) = frame.function.strip_prefix("created by ") else {
+            continue;
+        };
+        let key = (
+            function.to_owned(),
+            frame.file.to_string(),
+            i64::from(frame.line),
+        );
+        *sites.entry(key).or_default() += task.count;
+    }
+    let mut sites: Vec<SpawnSiteTasks> = sites
+        .into_iter()
+        .map(|((function, file, line), alive)| SpawnSiteTasks {
+            function,
+            file,
+            line,
+            alive,
+        })
+        .collect();
+    sites.sort_by_key(|site| std::cmp::Reverse(site.alive));
+    sites
+}
+
 /// Spawns the watch of `state`'s profilers.
 pub fn spawn(watch: Arc<LeakWatch>, profilers: Arc<Profilers>, cancel: CancellationToken) {
-    tokio::spawn(crate::profiling::tasks::root(async move {
+    tokio::spawn(tasks::root(async move {
         watch.run(&profilers, cancel).await;
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_interval_is_a_fifth_of_the_heap_interval_within_bounds() {
+        let interval = |ms| LeakWatch::new(Duration::from_millis(ms)).task_interval;
+        assert_eq!(interval(5000), Duration::from_secs(1));
+        assert_eq!(interval(500), Duration::from_millis(200));
+        assert_eq!(interval(100), Duration::from_millis(100));
+    }
 }

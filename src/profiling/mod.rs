@@ -1,9 +1,8 @@
 //! Profiles of this process in pprof format, readable without the binary: heap (jemalloc),
-//! CPU (pprof-rs) and tasks (tokio task dumps), all symbolised in the process by one shared,
-//! cached [`symbols::Symbolizer`].
+//! CPU (pprof-rs) and tasks (spawn-site counts and traced await stacks), all symbolised in the
+//! process by one shared, cached [`symbols::Symbolizer`].
 //!
-//! Everything that blocks (dumping, symbolising, encoding) runs off the async workers: a blocked
-//! worker would also stall a task dump, which needs every worker to check in.
+//! Everything that blocks (dumping, tracing, symbolising, encoding) runs off the async workers.
 
 pub mod cpu;
 pub mod heap;
@@ -18,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
-/// The least time between the end of one task dump and the start of the next.
-const DUMP_SPACING: Duration = Duration::from_millis(250);
+/// The longest a task profile may wait for the one before it, or take itself, before it is
+/// refused with a 503: a profile request never hangs.
+pub const TASK_PROFILE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a profile could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,6 @@ pub enum ProfilingError {
     /// A profiler could not start or stopped.
     #[error("the profiler is unavailable: {0}")]
     Unavailable(String),
-    /// The binary was built without what this profile needs (task dumps need
-    /// `--cfg tokio_unstable`, which `.cargo/config.toml` sets).
-    #[error("{0} is not compiled into this binary")]
-    NotCompiled(&'static str),
     /// Taking the profile took too long.
     #[error("the {0} took too long")]
     Timeout(&'static str),
@@ -51,9 +47,8 @@ pub struct Profilers {
     pub symbols: Arc<symbols::Symbolizer>,
     /// The one CPU sampler, when it could start.
     pub cpu: Option<cpu::CpuSampler>,
-    /// One task dump at a time, and when the last one ended: a dump wakes every task, so the
-    /// next waits for them to settle (see `tasks::QUIET_QUEUE`).
-    task_dumps: AsyncMutex<Option<std::time::Instant>>,
+    /// One task profile at a time: each traces every task root once.
+    task_profiles: AsyncMutex<()>,
 }
 
 impl Profilers {
@@ -74,7 +69,7 @@ impl Profilers {
         Self {
             symbols: Arc::default(),
             cpu,
-            task_dumps: AsyncMutex::new(None),
+            task_profiles: AsyncMutex::new(()),
         }
     }
 
@@ -100,24 +95,17 @@ impl Profilers {
         .map_err(ProfilingError::from)
     }
 
-    /// The tasks of the current runtime, symbolised.
+    /// Every alive task of the process, by spawn site, with the await stack of each parked
+    /// task root, symbolised. Fails with [`ProfilingError::Timeout`] rather than wait long.
     pub async fn tasks(&self) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
-        let raw = {
-            let mut last = self.task_dumps.lock().await;
-            if let Some(ended) = *last {
-                let settle = DUMP_SPACING.saturating_sub(ended.elapsed());
-                tokio::time::sleep(settle).await;
-            }
-            let raw = tasks::dump().await;
-            *last = Some(std::time::Instant::now());
-            raw?
-        };
+        let timeout = |_| ProfilingError::Timeout("task profile");
+        let _one_at_a_time = tokio::time::timeout(TASK_PROFILE_TIMEOUT, self.task_profiles.lock())
+            .await
+            .map_err(timeout)?;
         let symbols = Arc::clone(&self.symbols);
-        tokio::task::spawn_blocking(move || {
-            let frames = symbols.resolve(tasks::lookup_addresses(&raw));
-            tasks::symbolise(&raw, &frames)
-        })
-        .await
-        .map_err(ProfilingError::from)
+        let job = tokio::task::spawn_blocking(move || tasks::profile(&symbols));
+        Ok(tokio::time::timeout(TASK_PROFILE_TIMEOUT, job)
+            .await
+            .map_err(timeout)??)
     }
 }

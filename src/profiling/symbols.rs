@@ -1,10 +1,11 @@
 //! In-process symbolisation: instruction addresses to functions, files and lines, inline frames
 //! included, so every profile this service serves is readable without the binary.
 //!
-//! Results are cached by address, so repeated scrapes are cheap. The debug info itself is loaded
-//! only when an address is new, and dropped right after: a DWARF cache kept for good would show
-//! in the heap as tens of MiB that look exactly like a leak. The loading thread is not sampled,
-//! and freed pages are purged afterwards, so the profiler stays a small, flat baseline.
+//! Results are cached by address, so repeated scrapes are cheap. The debug info is loaded when the
+//! first address needs it, and kept: reloading it for every new address cost 50 to 100 ms each
+//! time, and new addresses keep coming (a task parked at a new await, a new allocation site).
+//! Everything it allocates is allocated unsampled, so it never shows in the heap profile as the
+//! leak it would look like; what it keeps is the parsed units that profiles touched.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -24,6 +25,31 @@ const MAX_CACHED_ADDRESSES: usize = 200_000;
 #[derive(Default)]
 pub struct Symbolizer {
     cache: Mutex<Cache>,
+    /// The executable's debug info, once an address needed it. Resolving runs under this lock
+    /// alone, so profiles whose addresses are all cached never wait behind it.
+    debug_info: Mutex<Option<DebugInfo>>,
+}
+
+/// What resolving needs, loaded once.
+struct DebugInfo {
+    executable: Option<Executable>,
+    loader: Option<addr2line::Loader>,
+}
+
+impl DebugInfo {
+    fn load() -> Self {
+        let loader = match addr2line::Loader::new("/proc/self/exe") {
+            Ok(loader) => Some(loader),
+            Err(error) => {
+                tracing::warn!(%error, "cannot load this executable's debug info; profiles will show addresses");
+                None
+            }
+        };
+        Self {
+            executable: Executable::current(),
+            loader,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -77,22 +103,35 @@ impl Symbolizer {
     /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
     /// Blocking: run it off the async workers.
     pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<[Frame]>> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let wanted: HashSet<u64> = addresses.into_iter().collect();
-        let missing: Vec<u64> = wanted
-            .iter()
-            .copied()
-            .filter(|address| !cache.frames.contains_key(address))
-            .collect();
+        let missing: Vec<u64> = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            wanted
+                .iter()
+                .copied()
+                .filter(|address| !cache.frames.contains_key(address))
+                .collect()
+        };
         if !missing.is_empty() {
-            let _unsampled = UnsampledThread::begin();
+            let mut resolved = Cache::default();
+            {
+                let _unsampled = UnsampledThread::begin();
+                let mut debug_info = self
+                    .debug_info
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let debug_info = debug_info.get_or_insert_with(DebugInfo::load);
+                resolve_missing(debug_info, &mut resolved, &missing);
+            }
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
                 cache.frames.clear();
                 cache.strings.clear();
             }
-            resolve_missing(&mut cache, &missing);
-            crate::process::return_freed_memory();
+            cache.strings.extend(resolved.strings);
+            cache.frames.extend(resolved.frames);
         }
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         wanted
             .into_iter()
             .filter_map(|address| Some((address, Arc::clone(cache.frames.get(&address)?))))
@@ -109,15 +148,8 @@ impl Symbolizer {
     }
 }
 
-fn resolve_missing(cache: &mut Cache, missing: &[u64]) {
-    let executable = Executable::current();
-    let loader = match addr2line::Loader::new("/proc/self/exe") {
-        Ok(loader) => Some(loader),
-        Err(error) => {
-            tracing::warn!(%error, "cannot load this executable's debug info; profiles will show addresses");
-            None
-        }
-    };
+fn resolve_missing(debug_info: &DebugInfo, cache: &mut Cache, missing: &[u64]) {
+    let (executable, loader) = (&debug_info.executable, &debug_info.loader);
     for &probe in missing {
         let address = probe;
         let in_executable = executable.as_ref().and_then(|exe| exe.file_address(probe));

@@ -138,6 +138,26 @@ fn register_gauges(meter: &Meter, state: &Arc<AppState>) {
     };
     let watch = Arc::clone(&state.watch);
     meter
+        .u64_observable_gauge("leakfinder.tokio.tasks.by_spawn_site")
+        .with_unit("{task}")
+        .with_description(
+            "Tokio tasks alive per spawn site, from the leak watch's latest task profile.",
+        )
+        .with_callback(move |gauge| {
+            for site in watch.report().tasks_by_spawn_site {
+                gauge.observe(
+                    site.alive,
+                    &[
+                        KeyValue::new("function", site.function),
+                        KeyValue::new("code.filepath", site.file),
+                        KeyValue::new("code.lineno", site.line),
+                    ],
+                );
+            }
+        })
+        .build();
+    let watch = Arc::clone(&state.watch);
+    meter
         .u64_observable_gauge("leakfinder.detector.suspects")
         .with_unit("{site}")
         .with_description("Sites the continuous leak watch reports as leaking.")

@@ -1,14 +1,13 @@
 //! The leak detector, end to end: the real `leakfinder scan` CLI against this service and against
 //! a real Go program serving `net/http/pprof`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{BINARY, TestApp, spawn_app};
+use crate::helpers::{BINARY, TestApp, spawn_app, start_go};
 
 /// What a scan printed and how it exited.
 pub struct Scan {
@@ -286,57 +285,9 @@ async fn a_url_that_is_not_pprof_is_a_clear_error() {
     );
 }
 
-/// The Go fixture, built and running.
-struct GoTarget {
-    child: Child,
-    url: String,
-}
-
-impl Drop for GoTarget {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_go_fixture() -> GoTarget {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/goleaks");
-    let binary = std::env::temp_dir().join(format!("leakfinder-goleaks-{}", std::process::id()));
-    let built = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .current_dir(&source)
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .output()
-        .expect("go is installed");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let mut child = Command::new(&binary)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("the fixture prints its address");
-    GoTarget {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
 #[tokio::test]
 async fn a_go_service_s_leaks_are_found_by_their_go_functions_and_its_churn_is_not() {
-    let go = start_go_fixture();
+    let go = start_go("goleaks", &[]);
     let scan = scan(&go.url, "15s").await;
     assert_eq!(scan.code, 1, "{}", scan.stderr);
     let heap = functions(&scan, "heap");

@@ -173,3 +173,57 @@ pub fn flag(report: &Value, path: &str) -> bool {
         .and_then(Value::as_bool)
         .unwrap_or_else(|| panic!("{path} is a boolean in {report}"))
 }
+
+/// A Go fixture from `tests/fixtures/NAME`, built with the local toolchain and running; killed on
+/// drop. It prints `listening on ADDR` first.
+pub struct GoTarget {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for GoTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds and starts the Go fixture `name` with `args`.
+pub fn start_go(name: &str, args: &[&str]) -> GoTarget {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let binary = std::env::temp_dir().join(format!("leakfinder-{name}-{}", std::process::id()));
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&source)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("go is installed");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut child = Command::new(&binary)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the fixture prints its address")
+        .to_owned();
+    GoTarget {
+        child,
+        url: format!("http://{addr}"),
+    }
+}

@@ -1,0 +1,123 @@
+//! Tokio twins of real blocking bugs (`examples/tokio_twins.rs`): `leakfinder scan` finds each
+//! leaky twin at its function and the line of its await, and stays quiet on every fixed twin.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::detector::scan;
+
+/// The example binary, built by `cargo test` beside this test's own binary.
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    deps.parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps")
+        .join("examples")
+        .join(name)
+}
+
+struct Twins {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Twins {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_twins() -> Twins {
+    let mut child = Command::new(example("tokio_twins"))
+        .arg("both")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cargo test builds the examples");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("the example prints its address")
+        .to_owned();
+    Twins {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// Each `// twin-leak: NAME` marker in the example: the function it is in, and its line.
+fn expected_leaks() -> Vec<(String, String, i64)> {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tokio_twins.rs"),
+    )
+    .unwrap();
+    let mut function = String::new();
+    let mut leaks = Vec::new();
+    for (index, line) in source.lines().enumerate() {
+        if let Some(rest) = line.trim_start().strip_prefix("async fn ") {
+            function = rest.split('(').next().unwrap().to_owned();
+        }
+        if let Some((code, name)) = line.split_once("// twin-leak: ")
+            && !code.trim_start().starts_with("//")
+        {
+            leaks.push((name.trim().to_owned(), function.clone(), index as i64 + 1));
+        }
+    }
+    assert_eq!(
+        leaks.len(),
+        6,
+        "five twins, and the join twin's worker: {leaks:?}"
+    );
+    leaks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_leaky_tokio_twin_is_found_at_its_await_and_no_fixed_twin_is() {
+    let twins = start_twins();
+    let scan = scan(&twins.url, "20s").await;
+    assert_eq!(scan.code, 1, "leaks found: {}", scan.stderr);
+    let tasks: Vec<&serde_json::Value> = scan
+        .findings
+        .iter()
+        .filter(|finding| finding["kind"] == "tasks")
+        .collect();
+    for (name, function, line) in expected_leaks() {
+        let wanted = format!("tokio_twins::{function}");
+        let found = tasks.iter().find(|finding| {
+            finding["function"]
+                .as_str()
+                .is_some_and(|f| f.starts_with(&wanted))
+        });
+        let found = found.unwrap_or_else(|| {
+            panic!(
+                "the {name} twin ({wanted}) is found: {tasks:#?}\n{}",
+                scan.stderr
+            )
+        });
+        assert_eq!(found["line"], line, "{name}: the await's line: {found}");
+        assert_eq!(found["file"], "examples/tokio_twins.rs", "{found}");
+        assert!(
+            found["spawned_by"]
+                .as_str()
+                .is_some_and(|site| site.contains("examples/tokio_twins.rs:")),
+            "{name}: the spawn site is named: {found}"
+        );
+    }
+    for finding in &scan.findings {
+        let function = finding["function"].as_str().unwrap();
+        assert!(
+            !function.contains("_fixed") && !function.contains("run_fixed"),
+            "a fixed twin is not a leak: {finding}"
+        );
+    }
+    assert!(
+        scan.stderr.contains("no heap profile this round"),
+        "the twins serve no heap profile; the scan goes on with tasks: {}",
+        scan.stderr
+    );
+}
