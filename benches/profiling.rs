@@ -1,7 +1,8 @@
 //! Profiling costs, measured side by side in one run against the real binary:
 //! - the heap endpoint's latency with 1 GiB leaked;
-//! - the goroutine endpoint's latency with 10,000 blocked tasks;
 //! - `/safe-test` throughput with profiling active against profiling off, as a ratio.
+//!
+//! The task profile has a benchmark of its own, against Go's (`benches/tasks.rs`).
 //!
 //! `cargo bench --bench profiling`. Fails (non-zero exit) if any profile is empty or malformed,
 //! or any request fails.
@@ -71,28 +72,6 @@ async fn main() {
     );
     println!(
         "heap endpoint, 1 GiB leaked:     first {:.1} ms, then median {:.1} ms ({:.2}x the idle median)",
-        ms(cold),
-        ms(warm),
-        warm.as_secs_f64() / idle_warm.as_secs_f64()
-    );
-    drop(app);
-
-    let app = spawn_app(&[("LEAK_CHUNK_BYTES", "1024"), ("LEAK_INTERVAL_MS", "1")]);
-    let (idle_cold, idle_warm) = latency(&app, "/debug/pprof/goroutine", 5).await;
-    app.get_json("/start-leak/channel", 200).await;
-    app.wait_for(Duration::from_secs(120), "10,000 blocked tasks", |r| {
-        num(r, "leaks/channel/blocked_tasks") >= 10_000
-    })
-    .await;
-    app.get_json("/stop-leak/channel", 200).await;
-    let (cold, warm) = latency(&app, "/debug/pprof/goroutine", 9).await;
-    println!(
-        "goroutine endpoint, idle:        first {:.1} ms, then median {:.1} ms",
-        ms(idle_cold),
-        ms(idle_warm)
-    );
-    println!(
-        "goroutine endpoint, 10k blocked: first {:.1} ms, then median {:.1} ms ({:.1}x the idle median)",
         ms(cold),
         ms(warm),
         warm.as_secs_f64() / idle_warm.as_secs_f64()

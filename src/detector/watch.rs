@@ -127,7 +127,7 @@ impl LeakWatch {
                     heap_samples += 1;
                 }
                 ProfileKind::Tasks => {
-                    match profilers.tasks().await {
+                    match profilers.tasks_in_background().await {
                         Ok(stacks) => {
                             let profile = tasks::build_profile(&stacks);
                             if let Ok(snapshot) = snapshot(&profile, ProfileKind::Tasks) {

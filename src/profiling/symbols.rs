@@ -1,16 +1,18 @@
 //! In-process symbolisation: instruction addresses to functions, files and lines, inline frames
 //! included, so every profile this service serves is readable without the binary.
 //!
-//! Results are cached by address, so repeated scrapes are cheap. The debug info is loaded when the
-//! first address needs it, and kept: reloading it for every new address cost 50 to 100 ms each
-//! time, and new addresses keep coming (a task parked at a new await, a new allocation site).
-//! Everything it allocates is allocated unsampled, so it never shows in the heap profile as the
-//! leak it would look like; what it keeps is the parsed units that profiles touched.
+//! Results are cached by address, so repeated scrapes are cheap. The debug info is loaded only
+//! when an address is new, on a thread whose allocations jemalloc does not sample, and dropped
+//! right after: kept for good, its tens of MiB would look exactly like a leak. Loading it costs
+//! about 100 ms, so a caller that profiles in a loop (the task profile, whose new addresses come
+//! in bursts as tasks move between awaits) asks for it to be kept warm for a while
+//! ([`Symbolizer::resolve_warm`]); it is dropped, and its pages purged, once that time has passed.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::jemalloc::UnsampledThread;
 use super::pprof::Frame;
@@ -25,9 +27,15 @@ const MAX_CACHED_ADDRESSES: usize = 200_000;
 #[derive(Default)]
 pub struct Symbolizer {
     cache: Mutex<Cache>,
-    /// The executable's debug info, once an address needed it. Resolving runs under this lock
-    /// alone, so profiles whose addresses are all cached never wait behind it.
-    debug_info: Mutex<Option<DebugInfo>>,
+    /// The executable's debug info while it is loaded. Resolving runs under this lock alone, so
+    /// profiles whose addresses are all cached never wait behind it.
+    debug_info: Mutex<Option<Loaded>>,
+}
+
+/// Loaded debug info, and until when it is kept warm (`None`: dropped after this use).
+struct Loaded {
+    info: DebugInfo,
+    warm_until: Option<Instant>,
 }
 
 /// What resolving needs, loaded once.
@@ -103,6 +111,25 @@ impl Symbolizer {
     /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
     /// Blocking: run it off the async workers.
     pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<[Frame]>> {
+        self.resolve_keeping(addresses, None)
+    }
+
+    /// As [`Symbolizer::resolve`], and keeps the debug info loaded for `keep` after this call,
+    /// for callers that profile in a loop.
+    pub fn resolve_warm(
+        &self,
+        addresses: impl IntoIterator<Item = u64>,
+        keep: Duration,
+    ) -> HashMap<u64, Arc<[Frame]>> {
+        self.resolve_keeping(addresses, Some(keep))
+    }
+
+    fn resolve_keeping(
+        &self,
+        addresses: impl IntoIterator<Item = u64>,
+        keep: Option<Duration>,
+    ) -> HashMap<u64, Arc<[Frame]>> {
+        self.expire();
         let wanted: HashSet<u64> = addresses.into_iter().collect();
         let missing: Vec<u64> = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -116,12 +143,25 @@ impl Symbolizer {
             let mut resolved = Cache::default();
             {
                 let _unsampled = UnsampledThread::begin();
-                let mut debug_info = self
+                let mut slot = self
                     .debug_info
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                let debug_info = debug_info.get_or_insert_with(DebugInfo::load);
-                resolve_missing(debug_info, &mut resolved, &missing);
+                let loaded = slot.get_or_insert_with(|| Loaded {
+                    info: DebugInfo::load(),
+                    warm_until: None,
+                });
+                resolve_missing(&loaded.info, &mut resolved, &missing);
+                let now = Instant::now();
+                loaded.warm_until = match (loaded.warm_until, keep) {
+                    (until, Some(keep)) => until.max(Some(now + keep)),
+                    (Some(until), None) if until > now => Some(until),
+                    _ => None,
+                };
+                if loaded.warm_until.is_none() {
+                    drop(slot.take());
+                    crate::process::return_freed_memory();
+                }
             }
             let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
@@ -136,6 +176,30 @@ impl Symbolizer {
             .into_iter()
             .filter_map(|address| Some((address, Arc::clone(cache.frames.get(&address)?))))
             .collect()
+    }
+
+    /// Drops debug info kept warm past its time. Never waits: a load in progress is left alone.
+    fn expire(&self) {
+        let Ok(mut slot) = self.debug_info.try_lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|loaded| {
+            loaded
+                .warm_until
+                .is_none_or(|until| until <= Instant::now())
+        }) {
+            let _unsampled = UnsampledThread::begin();
+            drop(slot.take());
+            crate::process::return_freed_memory();
+        }
+    }
+
+    /// Whether debug info is loaded now (kept warm).
+    pub fn debug_info_loaded(&self) -> bool {
+        self.debug_info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// How many addresses are cached.

@@ -100,8 +100,18 @@ pub async fn soak_task_profiles(app: &TestApp, length: Duration, every: Duration
     let deadline = Instant::now() + length;
     let mut ticks = tokio::time::interval(every);
     let (mut profiles, mut failures) = (Vec::new(), Vec::new());
+    let mut reported = Instant::now();
     while Instant::now() < deadline {
         ticks.tick().await;
+        if reported.elapsed() >= Duration::from_secs(60) {
+            // A long soak says it is alive.
+            eprintln!(
+                "soak: {} task profiles answered, {} failed so far",
+                profiles.len(),
+                failures.len()
+            );
+            reported = Instant::now();
+        }
         let started = Instant::now();
         match client.get(&url).send().await {
             Ok(response) if response.status() == 200 => match response.bytes().await {
