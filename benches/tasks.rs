@@ -14,6 +14,7 @@
 #[allow(dead_code)]
 mod helpers;
 #[path = "../tests/api/load.rs"]
+#[allow(dead_code)]
 mod load;
 
 use std::time::{Duration, Instant};

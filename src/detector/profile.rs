@@ -105,7 +105,6 @@ pub fn is_runtime(function: &str, file: &str) -> bool {
         "<hashbrown::",
         "futures_util::",
         "<futures_util::",
-        "<leakfinder::profiling::tasks::TaskRoot",
         "__rust",
         "_rjem_",
         "je_",

@@ -255,14 +255,6 @@ MAPPED_LIBRARIES:
 55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1 /bin/leakfinder
 ";
 
-    fn frame(function: &str, file: &str, line: u32) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line,
-        }
-    }
-
     #[test]
     fn heap_v2_dumps_parse_into_stacks() {
         let heap = parse_heap_v2(DUMP).unwrap();
@@ -320,12 +312,12 @@ MAPPED_LIBRARIES:
         let leaf = StackEntry {
             address: 1,
             frames: vec![
-                frame(
+                Frame::new(
                     "prof_backtrace_impl",
                     "target/release/build/tikv-jemalloc-sys-1/out/build/src/prof.c",
                     10,
                 ),
-                frame("_rjem_je_malloc_default", "", 0),
+                Frame::new("_rjem_je_malloc_default", "", 0),
             ]
             .into(),
             skip: 0,
@@ -333,18 +325,18 @@ MAPPED_LIBRARIES:
         let user = StackEntry {
             address: 2,
             frames: vec![
-                frame(
+                Frame::new(
                     "alloc::vec::from_elem",
                     "/rustc/abc/library/alloc/src/vec/mod.rs",
                     3,
                 ),
-                frame("__rustc::__rust_alloc", "src/main.rs", 20),
-                frame(
+                Frame::new("__rustc::__rust_alloc", "src/main.rs", 20),
+                Frame::new(
                     "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}",
                     "src/leaks/slice.rs",
                     24,
                 ),
-                frame(
+                Frame::new(
                     "std::thread::spawn",
                     "/rustc/abc/library/std/src/thread.rs",
                     5,
@@ -355,7 +347,7 @@ MAPPED_LIBRARIES:
         };
         let root = StackEntry {
             address: 3,
-            frames: vec![frame(
+            frames: vec![Frame::new(
                 "core::ops::function::FnOnce::call_once",
                 "/rustc/abc/library/core/src/ops.rs",
                 1,
@@ -380,7 +372,7 @@ MAPPED_LIBRARIES:
 
         let mut all_machinery = vec![StackEntry {
             address: 9,
-            frames: vec![frame("malloc", "", 0)].into(),
+            frames: vec![Frame::new("malloc", "", 0)].into(),
             skip: 0,
         }];
         trim_allocator_frames(&mut all_machinery);
@@ -391,10 +383,13 @@ MAPPED_LIBRARIES:
     fn the_profile_attributes_scaled_bytes_to_the_trimmed_leaf() {
         let heap = parse_heap_v2(DUMP).unwrap();
         let frames: HashMap<u64, Arc<[Frame]>> = [
-            (0xf, vec![frame("_rjem_malloc", "", 0)]),
-            (0x1f, vec![frame("leakfinder::leak", "src/leak.rs", 7)]),
-            (0x2f, vec![frame("main", "src/main.rs", 1)]),
-            (0x3f, vec![frame("leakfinder::other", "src/other.rs", 3)]),
+            (0xf, vec![Frame::new("_rjem_malloc", "", 0)]),
+            (0x1f, vec![Frame::new("leakfinder::leak", "src/leak.rs", 7)]),
+            (0x2f, vec![Frame::new("main", "src/main.rs", 1)]),
+            (
+                0x3f,
+                vec![Frame::new("leakfinder::other", "src/other.rs", 3)],
+            ),
         ]
         .into_iter()
         .map(|(address, frames)| (address, frames.into()))

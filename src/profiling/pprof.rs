@@ -201,6 +201,17 @@ pub struct Frame {
     pub line: u32,
 }
 
+impl Frame {
+    /// A frame of `function` at `file:line`.
+    pub fn new(function: &str, file: &str, line: u32) -> Self {
+        Self {
+            function: function.into(),
+            file: file.into(),
+            line,
+        }
+    }
+}
+
 /// One return address of a stack and the frames it stands for, innermost (inlined) first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackEntry {
@@ -420,14 +431,6 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Profile, DecodeError> {
 mod tests {
     use super::*;
 
-    fn frame(function: &str, file: &str, line: u32) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line,
-        }
-    }
-
     fn entry(address: u64, frames: Vec<Frame>) -> StackEntry {
         StackEntry {
             address,
@@ -443,11 +446,11 @@ mod tests {
         let leaf = entry(
             0x10,
             vec![
-                frame("inlined", "src/a.rs", 3),
-                frame("outer", "src/a.rs", 9),
+                Frame::new("inlined", "src/a.rs", 3),
+                Frame::new("outer", "src/a.rs", 9),
             ],
         );
-        let root = entry(0x20, vec![frame("main", "src/main.rs", 1)]);
+        let root = entry(0x20, vec![Frame::new("main", "src/main.rs", 1)]);
         builder.add_sample(&[leaf.clone(), root.clone()], vec![100], &[("kind", "x")]);
         builder.add_sample(&[leaf, root], vec![50], &[]);
         builder.comment("hello");
@@ -473,7 +476,10 @@ mod tests {
         let mut builder = ProfileBuilder::new(&[("count", "count")], ("count", "count"), 1);
         let full = entry(
             0x10,
-            vec![frame("alloc", "lib.rs", 1), frame("user", "src/u.rs", 2)],
+            vec![
+                Frame::new("alloc", "lib.rs", 1),
+                Frame::new("user", "src/u.rs", 2),
+            ],
         );
         let trimmed = StackEntry {
             skip: 1,

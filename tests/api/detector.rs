@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{BINARY, TestApp, spawn_app, start_go};
+use crate::load::healthy_load;
 
 /// What a scan printed and how it exited.
 pub struct Scan {
@@ -201,16 +202,7 @@ async fn a_healthy_service_with_a_warming_cache_under_load_gives_no_finding_over
     let app = default_rates();
     let warm = app.get_json("/start-benign/cache-warmup", 200).await;
     assert_eq!(warm["started"], true);
-    let load = {
-        let client = app.client.clone();
-        let url = app.url("/safe-test?tasks=50");
-        tokio::spawn(async move {
-            loop {
-                let _ = client.get(&url).send().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = healthy_load(&app);
     let scan = scan(&app.base, "60s").await;
     load.abort();
     assert_eq!(

@@ -208,11 +208,16 @@ pub fn start_go(name: &str, args: &[&str]) -> GoTarget {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let mut child = Command::new(&binary)
-        .args(args)
+    let (child, url) = start_listening(Command::new(&binary).args(args));
+    GoTarget { child, url }
+}
+
+/// Starts a fixture that prints `listening on ADDR` first; returns it and its base URL.
+pub fn start_listening(command: &mut Command) -> (Child, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|error| panic!("{command:?} starts: {error}"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -220,10 +225,7 @@ pub fn start_go(name: &str, args: &[&str]) -> GoTarget {
     let addr = line
         .trim()
         .strip_prefix("listening on ")
-        .expect("the fixture prints its address")
+        .unwrap_or_else(|| panic!("{command:?} prints its address first: {line:?}"))
         .to_owned();
-    GoTarget {
-        child,
-        url: format!("http://{addr}"),
-    }
+    (child, format!("http://{addr}"))
 }

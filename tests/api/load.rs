@@ -141,3 +141,15 @@ pub async fn soak_task_profiles(app: &TestApp, length: Duration, every: Duration
         safe_tests: safe_tests.load(Ordering::Relaxed),
     }
 }
+
+/// `/safe-test?tasks=50` every 20 ms until the returned task is aborted: a healthy service's load.
+pub fn healthy_load(app: &TestApp) -> tokio::task::JoinHandle<()> {
+    let client = app.client.clone();
+    let url = app.url("/safe-test?tasks=50");
+    tokio::spawn(async move {
+        loop {
+            let _ = client.get(&url).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}

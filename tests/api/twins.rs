@@ -1,11 +1,11 @@
 //! Tokio twins of real blocking bugs (`examples/tokio_twins.rs`): `leakfinder scan` finds each
 //! leaky twin at its function and the line of its await, and stays quiet on every fixed twin.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use crate::detector::scan;
+use crate::helpers::start_listening;
 
 /// The example binary, built by `cargo test` beside this test's own binary.
 fn example(name: &str) -> PathBuf {
@@ -30,24 +30,8 @@ impl Drop for Twins {
 }
 
 fn start_twins() -> Twins {
-    let mut child = Command::new(example("tokio_twins"))
-        .arg("both")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cargo test builds the examples");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("the example prints its address")
-        .to_owned();
-    Twins {
-        child,
-        url: format!("http://{addr}"),
-    }
+    let (child, url) = start_listening(Command::new(example("tokio_twins")).arg("both"));
+    Twins { child, url }
 }
 
 /// Each `// twin-leak: NAME` marker in the example: the function it is in, and its line.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::spawn_app;
+use crate::load::healthy_load;
 
 /// The line of `source` (a path under the crate) that contains `needle`, 1-based.
 fn line_of(source: &str, needle: &str) -> i64 {
@@ -75,16 +76,7 @@ async fn the_channel_leak_s_tasks_are_reported_by_await_line_and_spawn_site_with
 async fn a_healthy_service_under_load_with_the_benign_cache_reports_nothing_over_two_minutes() {
     let app = spawn_app(&[("LEAK_CHUNK_BYTES", "1048576"), ("LEAK_INTERVAL_MS", "100")]);
     app.get_json("/start-benign/cache-warmup", 200).await;
-    let load = {
-        let client = app.client.clone();
-        let url = app.url("/safe-test?tasks=50");
-        tokio::spawn(async move {
-            loop {
-                let _ = client.get(&url).send().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = healthy_load(&app);
     let started = Instant::now();
     let mut report = Value::Null;
     while started.elapsed() < Duration::from_secs(120) {

@@ -390,22 +390,14 @@ pub fn render_text(tasks: &[TaskStack], debug: u8) -> String {
 mod tests {
     use super::*;
 
-    fn frame(function: &str, file: &str, line: u32) -> Frame {
-        Frame {
-            function: function.into(),
-            file: file.into(),
-            line,
-        }
-    }
-
     #[test]
     fn waits_are_classified_by_the_tokio_frames_nearest_the_leaf() {
-        let semaphore = frame("poll", "tokio-1.54.1/src/sync/batch_semaphore.rs", 1);
-        let send = frame("{async_fn#0}", "tokio-1.54.1/src/sync/mpsc/bounded.rs", 1);
-        let recv = frame("recv", "tokio-1.54.1/src/sync/mpsc/chan.rs", 1);
-        let lock = frame("acquire", "tokio-1.54.1/src/sync/mutex.rs", 1);
-        let sleep = frame("poll_elapsed", "tokio-1.54.1/src/time/sleep.rs", 1);
-        let user = frame("leakfinder::job", "src/leaks/channel.rs", 1);
+        let semaphore = Frame::new("poll", "tokio-1.54.1/src/sync/batch_semaphore.rs", 1);
+        let send = Frame::new("{async_fn#0}", "tokio-1.54.1/src/sync/mpsc/bounded.rs", 1);
+        let recv = Frame::new("recv", "tokio-1.54.1/src/sync/mpsc/chan.rs", 1);
+        let lock = Frame::new("acquire", "tokio-1.54.1/src/sync/mutex.rs", 1);
+        let sleep = Frame::new("poll_elapsed", "tokio-1.54.1/src/time/sleep.rs", 1);
+        let user = Frame::new("leakfinder::job", "src/leaks/channel.rs", 1);
         assert_eq!(wait_kind(&[&semaphore, &send, &user]), "chan send");
         assert_eq!(wait_kind(&[&recv, &send, &user]), "chan receive");
         assert_eq!(wait_kind(&[&semaphore, &lock, &user]), "mutex lock");
@@ -423,7 +415,7 @@ mod tests {
             .map(|(address, frames)| {
                 let frames: Vec<Frame> = frames
                     .iter()
-                    .map(|&(function, file, line)| frame(function, file, line))
+                    .map(|&(function, file, line)| Frame::new(function, file, line))
                     .collect();
                 (*address, frames.into())
             })
@@ -506,7 +498,12 @@ mod tests {
         let mut table = table;
         table.insert(
             0x70,
-            vec![frame("tokio::spawn", "tokio-1.54.1/src/task/spawn.rs", 1)].into(),
+            vec![Frame::new(
+                "tokio::spawn",
+                "tokio-1.54.1/src/task/spawn.rs",
+                1,
+            )]
+            .into(),
         );
         let stacks = assemble(&group(&traces), &sites, &table);
         assert_eq!(stacks.len(), 2, "{stacks:#?}");
@@ -587,7 +584,7 @@ mod tests {
                 .iter()
                 .map(|&address| StackEntry {
                     address,
-                    frames: vec![frame(function, "src/x.rs", 1)].into(),
+                    frames: vec![Frame::new(function, "src/x.rs", 1)].into(),
                     skip: 0,
                 })
                 .collect(),
