@@ -13,6 +13,11 @@
 //! `Pending`) instead of blocking a worker. If a non-tokio leaf lets the future finish during a
 //! trace, the output is kept and handed to the next real poll, which the task's waker schedules;
 //! a panic is kept and resumed there in the same way.
+//!
+//! Code between two awaits runs during a trace only when a non-tokio leaf has become ready: it
+//! then runs on the tracer's thread, outside the task's context, where `tokio::task::id()` has no
+//! task to name and task-locals set *around* the root are not in scope. Put [`root`] outermost
+//! (`spawn(root(LOCAL.scope(value, future)))`), and use `tokio::task::try_id()`.
 
 use std::any::Any;
 use std::future::Future;
@@ -163,10 +168,9 @@ where
     F::Output: Send + 'static,
 {
     fn trace(&self) -> Traced {
-        let mut state = match self.state.try_lock() {
-            Ok(state) => state,
-            Err(TryLockError::WouldBlock) => return Traced::Running,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        // Busy (being polled), or poisoned by a panic in a real poll (the task is ending): skip.
+        let Ok(mut state) = self.state.try_lock() else {
+            return Traced::Running;
         };
         let State::Pending { future, waker } = &mut *state else {
             return Traced::Running;
