@@ -34,7 +34,7 @@ pub fn rank(findings: &mut [Finding]) {
 fn spawn_site(stack: &[String]) -> Option<String> {
     stack
         .last()
-        .and_then(|frame| frame.strip_prefix("created by "))
+        .and_then(|frame| frame.strip_prefix(crate::profiling::tasks::profile::CREATED_BY))
         .map(str::to_owned)
 }
 

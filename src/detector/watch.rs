@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::profile::{ProfileKind, snapshot};
+use super::profile::{ProfileKind, Retained, Site, Snapshot, snapshot};
 use super::{Detector, Finding};
 use crate::profiling::Profilers;
 use crate::profiling::tasks::{self, TaskStack};
@@ -97,7 +97,11 @@ impl LeakWatch {
     /// Profiles this service until `cancel`, updating the report.
     pub async fn run(&self, profilers: &Profilers, cancel: CancellationToken) {
         let mut heap = Detector::new(WINDOW);
-        let mut tasks = Detector::new(WINDOW * TASK_RATE as usize);
+        // Tasks by the await they are parked at (or their spawn site, where no await is known),
+        // and by spawn site alone: a leak split over several awaits still rises at its spawn.
+        let mut awaits = Detector::new(WINDOW * TASK_RATE as usize);
+        let mut spawns = Detector::new(WINDOW * TASK_RATE as usize);
+        let (mut heap_findings, mut task_findings) = (Vec::new(), Vec::new());
         let started = Instant::now();
         let mut heap_ticks = tokio::time::interval(self.interval);
         let mut task_ticks = tokio::time::interval(self.task_interval);
@@ -118,6 +122,7 @@ impl LeakWatch {
                         Ok(profile) => {
                             if let Ok(snapshot) = snapshot(&profile, ProfileKind::Heap) {
                                 heap.observe(t, &snapshot);
+                                heap_findings = heap.findings();
                             }
                         }
                         Err(error) => {
@@ -131,9 +136,12 @@ impl LeakWatch {
                         Ok(stacks) => {
                             let profile = tasks::build_profile(&stacks);
                             if let Ok(snapshot) = snapshot(&profile, ProfileKind::Tasks) {
-                                tasks.observe(t, &snapshot);
+                                awaits.observe(t, &snapshot);
                             }
                             let by_site = by_spawn_site(&stacks);
+                            spawns.observe(t, &spawn_snapshot(&by_site));
+                            task_findings =
+                                merge_spawn_findings(awaits.findings(), spawns.findings());
                             self.update(|report| report.tasks_by_spawn_site = by_site);
                         }
                         Err(error) => {
@@ -143,8 +151,8 @@ impl LeakWatch {
                     task_samples += 1;
                 }
             }
-            let mut findings = heap.findings();
-            findings.extend(tasks.findings());
+            let mut findings = heap_findings.clone();
+            findings.extend(task_findings.iter().cloned());
             super::rank(&mut findings);
             self.update(|report| {
                 report.findings = findings;
@@ -162,7 +170,7 @@ pub fn by_spawn_site(stacks: &[TaskStack]) -> Vec<SpawnSiteTasks> {
         let Some(frame) = task.stack.last().and_then(|entry| entry.shown().last()) else {
             continue;
         };
-        let Some(function) = frame.function.strip_prefix("created by ") else {
+        let Some(function) = frame.function.strip_prefix(tasks::profile::CREATED_BY) else {
             continue;
         };
         let key = (
@@ -185,6 +193,40 @@ pub fn by_spawn_site(stacks: &[TaskStack]) -> Vec<SpawnSiteTasks> {
     sites
 }
 
+/// Alive tasks per spawn site as a snapshot for the detector: each site is its `created by`
+/// frame, so its findings name the spawn.
+fn spawn_snapshot(sites: &[SpawnSiteTasks]) -> Snapshot {
+    Snapshot {
+        kind: ProfileKind::Tasks,
+        go: false,
+        sites: sites
+            .iter()
+            .map(|site| {
+                let function = format!("{}{}", tasks::profile::CREATED_BY, site.function);
+                let frame = format!("{function} {}:{}", site.file, site.line);
+                let key = Site {
+                    function,
+                    file: site.file.clone(),
+                    line: site.line,
+                };
+                (key, Retained::new(site.alive as f64, vec![frame]))
+            })
+            .collect(),
+    }
+}
+
+/// The task findings: every await-site finding, and the spawn-site findings whose spawn no
+/// await-site finding already names (one leak, one finding).
+fn merge_spawn_findings(mut awaits: Vec<Finding>, spawns: Vec<Finding>) -> Vec<Finding> {
+    let named: Vec<Option<String>> = awaits.iter().map(|f| f.spawned_by.clone()).collect();
+    awaits.extend(
+        spawns
+            .into_iter()
+            .filter(|finding| !named.contains(&finding.spawned_by)),
+    );
+    awaits
+}
+
 /// Spawns the watch of `state`'s profilers.
 pub fn spawn(watch: Arc<LeakWatch>, profilers: Arc<Profilers>, cancel: CancellationToken) {
     tokio::spawn(tasks::root(async move {
@@ -195,6 +237,102 @@ pub fn spawn(watch: Arc<LeakWatch>, profilers: Arc<Profilers>, cancel: Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profiling::pprof::{Frame, StackEntry};
+
+    fn group(count: u64, frames: &[(&str, &str, u32)]) -> TaskStack {
+        TaskStack {
+            ids: Vec::new(),
+            count,
+            stack: frames
+                .iter()
+                .enumerate()
+                .map(|(address, &(function, file, line))| StackEntry {
+                    address: address as u64,
+                    frames: vec![Frame::new(function, file, line)].into(),
+                    skip: 0,
+                })
+                .collect(),
+            wait: "chan send",
+        }
+    }
+
+    #[test]
+    fn tasks_are_summed_per_spawn_site_most_first() {
+        let stacks = [
+            group(
+                3,
+                &[
+                    ("job", "src/a.rs", 9),
+                    ("created by spawner", "src/a.rs", 4),
+                ],
+            ),
+            group(
+                5,
+                &[
+                    ("other", "src/a.rs", 12),
+                    ("created by spawner", "src/a.rs", 4),
+                ],
+            ),
+            group(2, &[("created by poem::serve", "poem/src/server.rs", 242)]),
+            group(7, &[("no spawn frame", "src/b.rs", 1)]),
+        ];
+        let sites = by_spawn_site(&stacks);
+        let summary: Vec<(&str, i64, u64)> = sites
+            .iter()
+            .map(|site| (site.function.as_str(), site.line, site.alive))
+            .collect();
+        assert_eq!(summary, vec![("spawner", 4, 8), ("poem::serve", 242, 2)]);
+        let snapshot = spawn_snapshot(&sites);
+        let (site, retained) = snapshot.sites.iter().next().unwrap();
+        assert_eq!(site.function, "created by poem::serve");
+        assert_eq!(retained.value, 2.0);
+    }
+
+    /// A detector's findings after 20 snapshots, one a second.
+    fn findings(snapshots: impl Fn(f64) -> Snapshot) -> Vec<Finding> {
+        let mut detector = Detector::new(WINDOW);
+        for i in 0..20 {
+            detector.observe(f64::from(i), &snapshots(f64::from(i)));
+        }
+        detector.findings()
+    }
+
+    #[test]
+    fn a_leak_split_over_awaits_is_found_at_its_spawn_and_a_named_spawn_is_not_reported_twice() {
+        let site = |function: &str, line| SpawnSiteTasks {
+            function: function.into(),
+            file: "src/a.rs".into(),
+            line,
+            alive: 0,
+        };
+        let rising = |sites: Vec<SpawnSiteTasks>| {
+            move |t: f64| {
+                let sites: Vec<SpawnSiteTasks> = sites
+                    .iter()
+                    .map(|s| SpawnSiteTasks {
+                        alive: (t * 10.0) as u64,
+                        ..s.clone()
+                    })
+                    .collect();
+                spawn_snapshot(&sites)
+            }
+        };
+        let spawns = findings(rising(vec![site("split", 4), site("named", 8)]));
+        assert_eq!(spawns.len(), 2, "{spawns:#?}");
+        // An await-site finding already names the `named` spawn; `split` has none.
+        let mut awaited = spawns[0].clone();
+        awaited.function = "named::{{closure}}".into();
+        awaited.spawned_by = spawns
+            .iter()
+            .find(|f| f.function == "created by named")
+            .unwrap()
+            .spawned_by
+            .clone();
+        assert_eq!(awaited.spawned_by.as_deref(), Some("named src/a.rs:8"));
+        let merged = merge_spawn_findings(vec![awaited], spawns);
+        let functions: Vec<&str> = merged.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(functions, vec!["named::{{closure}}", "created by split"]);
+    }
 
     #[test]
     fn the_task_interval_is_a_fifth_of_the_heap_interval_within_bounds() {

@@ -194,14 +194,6 @@ impl Symbolizer {
         }
     }
 
-    /// Whether debug info is loaded now (kept warm).
-    pub fn debug_info_loaded(&self) -> bool {
-        self.debug_info
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-    }
-
     /// How many addresses are cached.
     pub fn cached_addresses(&self) -> usize {
         self.cache

@@ -18,6 +18,9 @@ use super::sites::SiteCount;
 use crate::profiling::pprof::{Frame, Profile, ProfileBuilder, StackEntry};
 use crate::profiling::symbols::{caller, source_path};
 
+/// How the root-most frame of every stack starts: `created by` and the spawning function, as in
+/// Go's goroutine profiles. Readers of the profile (the detector) find the spawn site by it.
+pub const CREATED_BY: &str = "created by ";
 /// tokio's tracing hook, the innermost frame kept out of every stack.
 const TRACE_LEAF: &str = "tokio::runtime::task::trace::trace_leaf";
 /// The tracer's poll, root-most above every traced stack: it and what calls it are cut.
@@ -168,8 +171,8 @@ fn spawner_name(
 /// `Location`), so pprof keeps it apart from every real frame.
 fn created_by(key: &SiteKey, spawner: Option<&str>, address: u64) -> StackEntry {
     let function = match spawner {
-        Some(function) => format!("created by {function}"),
-        None => format!("created by {}:{}", key.file, key.line),
+        Some(function) => format!("{CREATED_BY}{function}"),
+        None => format!("{CREATED_BY}{}:{}", key.file, key.line),
     };
     StackEntry {
         address,

@@ -291,7 +291,9 @@ impl<F: Future> Future for TaskRoot<F> {
             State::Pending { future, waker } => {
                 match waker {
                     Some(last) if last.will_wake(cx.waker()) => {}
-                    _ => {
+                    Some(last) => last.clone_from(cx.waker()),
+                    None => {
+                        // The first poll: learn tokio's id, once (it is only shown in profiles).
                         *waker = Some(cx.waker().clone());
                         if let Some(id) = tokio::task::try_id() {
                             let id = id.to_string().parse().unwrap_or(NO_ID);

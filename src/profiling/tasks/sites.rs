@@ -14,10 +14,10 @@
 use std::panic::Location;
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
 
-/// Distinct spawn sites the table can hold (a program has far fewer `spawn` calls); spawns at
-/// sites beyond it are only counted, by [`overflowed`].
+/// Distinct spawn sites the table can hold (a program has far fewer `spawn` calls). Spawns at
+/// sites beyond it are not counted, and a warning says so once.
 const CAPACITY: usize = 4096;
 /// Return addresses recorded for a site's spawner.
 const SPAWNER_DEPTH: usize = 24;
@@ -40,8 +40,8 @@ impl Slot {
 
 /// The spawn-site table. Process-wide, as tokio's hooks are.
 static SITES: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
-/// Spawns whose site found no free slot.
-static OVERFLOW: AtomicU64 = AtomicU64::new(0);
+/// Whether a spawn has found the table full (warned once).
+static FULL: AtomicBool = AtomicBool::new(false);
 
 fn start(site: &'static Location<'static>) -> usize {
     // Locations are statics: their addresses are distinct and stable. Fibonacci hashing spreads
@@ -99,7 +99,12 @@ pub fn on_spawn(site: &'static Location<'static>) {
             }
         }
         None => {
-            OVERFLOW.fetch_add(1, Ordering::Relaxed);
+            if !FULL.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    capacity = CAPACITY,
+                    "more spawn sites than the task profile counts; tasks spawned at the rest are not counted"
+                );
+            }
         }
     }
 }
@@ -138,12 +143,6 @@ pub fn snapshot() -> Vec<SiteCount> {
             })
         })
         .collect()
-}
-
-/// Spawns whose site did not fit the table (their exits cannot be told from `spawn_blocking`
-/// ones, so this only grows); zero unless a program has thousands of spawn sites.
-pub fn overflowed() -> u64 {
-    OVERFLOW.load(Ordering::Relaxed)
 }
 
 #[allow(unsafe_code)]

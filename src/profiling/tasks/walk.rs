@@ -17,46 +17,39 @@ use std::sync::OnceLock;
 /// The most return addresses read for one leaf.
 pub const MAX_DEPTH: usize = 128;
 
+/// Copies a register: `$x86` on x86_64, `$arm` on aarch64 (0 elsewhere, where walks are
+/// unavailable).
+macro_rules! read_register {
+    ($x86:literal, $arm:literal) => {{
+        let value: usize;
+        // SAFETY: copies one register into another; reads and writes no memory.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!(concat!("mov {}, ", $x86), out(reg) value, options(nomem, nostack, preserves_flags));
+        }
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            std::arch::asm!(concat!("mov {}, ", $arm), out(reg) value, options(nomem, nostack, preserves_flags));
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            value = 0;
+        }
+        value
+    }};
+}
+
 /// The current function's frame pointer.
 #[inline(always)]
 pub fn frame_pointer() -> usize {
-    let fp: usize;
-    // SAFETY: copies the frame-pointer register; reads and writes no memory.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    // SAFETY: as above, for aarch64's frame-pointer register.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        std::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        fp = 0;
-    }
-    fp
+    read_register!("rbp", "x29")
 }
 
 /// The current stack pointer.
 #[inline(always)]
 fn stack_pointer() -> usize {
-    let sp: usize;
-    // SAFETY: copies the stack-pointer register; reads and writes no memory.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
-    }
-    // SAFETY: as above.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        sp = 0;
-    }
-    sp
+    read_register!("rsp", "sp")
 }
 
 /// The return addresses from the caller of this function up to, not including, the frame whose
