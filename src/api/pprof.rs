@@ -168,6 +168,22 @@ of tasks there, labelled with what they wait for (<code>wait</code>), each stack
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_profile_that_cannot_be_taken_is_a_json_503() {
+        let response = failure(&ProfilingError::Timeout("task profile"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .is_some_and(|value| value.to_str().unwrap().starts_with("application/json"))
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&response.into_body().into_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["error"], "the task profile took too long");
+    }
+
     #[test]
     fn seconds_are_bounded_whole_numbers_with_a_default() {
         assert_eq!(bounded(None, 30, 1, 60), Some(30));

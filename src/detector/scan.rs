@@ -343,6 +343,36 @@ fn render(reported: &[Reported], base: &str, samples: usize, elapsed: f64, out: 
 mod tests {
     use super::*;
 
+    fn failing(kind: ProfileKind, failures: u32, error: FetchError, fetched: bool) -> Watched {
+        Watched {
+            kind,
+            last: fetched.then(Vec::new),
+            failures,
+            error: Some(error),
+        }
+    }
+
+    #[test]
+    fn a_profile_is_given_up_after_three_failures_or_at_once_when_it_is_not_served() {
+        let url = || "http://127.0.0.1:1/debug/pprof/heap".to_owned();
+        let timeout = || FetchError::Timeout { url: url() };
+        // A hang is retried: given up only on the third failure in a row.
+        assert!(!failing(ProfileKind::Heap, 1, timeout(), false).given_up(true));
+        assert!(!failing(ProfileKind::Heap, 2, timeout(), true).given_up(false));
+        assert!(failing(ProfileKind::Heap, 3, timeout(), true).given_up(false));
+        // Not served at all on the first round: given up at once.
+        let status = FetchError::Status {
+            url: url(),
+            status: 404,
+        };
+        assert!(failing(ProfileKind::Tasks, 1, status, false).given_up(true));
+        let refused = FetchError::Refused { url: url() };
+        assert!(failing(ProfileKind::Heap, 1, refused, false).given_up(true));
+        // Later, a refusal is a restart or an outage: retried like a hang.
+        let refused = FetchError::Refused { url: url() };
+        assert!(!failing(ProfileKind::Heap, 1, refused, true).given_up(false));
+    }
+
     #[test]
     fn durations_parse_with_units_and_bounds() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
