@@ -9,6 +9,12 @@
 //!
 //! Long series are first reduced to block medians (see [`MAX_BLOCKS`]): profile-to-profile
 //! sampling noise is autocorrelated, and the tests assume independent points.
+//!
+//! A slow leak that arrives in steps (a rare bug leaving one to three tasks parked a few times a
+//! minute: `0 3 3 3 3 3 3 3 3 3 3 3 3 3 3 6 6 6 9 9`) has a Theil-Sen slope of 0, yet a count
+//! that never comes down is the strongest leak signal there is. [`ratchet`] finds it: the
+//! series' *floor* (its running minimum from each point on) rises in several steps, the series
+//! never drops back by more than a small part of that rise, and it has not settled.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +40,10 @@ pub struct Thresholds {
     pub alpha_recent: f64,
     /// Fewest points before any verdict.
     pub min_points: usize,
+    /// The smallest rise of a ratchet's floor (units).
+    pub ratchet_rise: f64,
+    /// The fewest steps in which a ratchet's floor rises.
+    pub ratchet_steps: usize,
 }
 
 impl Thresholds {
@@ -44,6 +54,8 @@ impl Thresholds {
         alpha: 0.001,
         alpha_recent: 0.01,
         min_points: 8,
+        ratchet_rise: 1024.0 * 1024.0,
+        ratchet_steps: 3,
     };
 
     /// For task (goroutine) profiles, in tasks.
@@ -53,6 +65,8 @@ impl Thresholds {
         alpha: 0.001,
         alpha_recent: 0.01,
         min_points: 8,
+        ratchet_rise: 3.0,
+        ratchet_steps: 3,
     };
 }
 
@@ -257,6 +271,93 @@ pub fn assess(points: &[Point], thresholds: &Thresholds) -> Verdict {
         recent_rate,
         growth,
         confidence: 1.0 - p_full.max(p_recent),
+    })
+}
+
+/// The part of a ratchet's rise the series may give back in drops (transient users of the site).
+pub const RATCHET_GIVE_BACK: f64 = 0.25;
+
+/// A floor that rises in steps and never comes back down.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ratchet {
+    /// How far the floor rose over the window (units).
+    pub rise: f64,
+    /// The rise per second over the window.
+    pub rate: f64,
+    /// When (seconds) the floor rose.
+    pub steps: Vec<f64>,
+    /// `1 - p` of the Mann-Kendall test on the whole series.
+    pub confidence: f64,
+}
+
+/// The floor of a series: at each point, the least value from there on.
+pub fn floor(points: &[Point]) -> Vec<f64> {
+    let mut floor = vec![0.0; points.len()];
+    let mut least = f64::INFINITY;
+    for (index, point) in points.iter().enumerate().rev() {
+        least = least.min(point.value);
+        floor[index] = least;
+    }
+    floor
+}
+
+/// The times at which a series' floor rises.
+pub fn floor_steps(points: &[Point]) -> Vec<f64> {
+    let floor = floor(points);
+    (1..points.len())
+        .filter(|&index| floor[index] > floor[index - 1])
+        .map(|index| points[index].t)
+        .collect()
+}
+
+/// How much a series gives back: the sum of its drops from one point to the next.
+pub fn drops(points: &[Point]) -> f64 {
+    points
+        .windows(2)
+        .map(|pair| (pair[0].value - pair[1].value).max(0.0))
+        .sum()
+}
+
+/// Whether a series is a ratchet: its floor rises by at least `ratchet_rise` in at least
+/// `ratchet_steps` steps; it gives back at most [`RATCHET_GIVE_BACK`] of that rise in drops; and
+/// it has not settled (the time since its last step is at most twice the longest wait for a step
+/// before it, so a warm-up that ramps and stops is quiet).
+pub fn ratchet(points: &[Point], thresholds: &Thresholds) -> Option<Ratchet> {
+    let finite = points
+        .iter()
+        .all(|p| p.t.is_finite() && p.value.is_finite());
+    if points.len() < thresholds.min_points.max(4) || !finite {
+        return None;
+    }
+    let (first, last) = (points[0], points[points.len() - 1]);
+    let floor = floor(points);
+    let rise = floor[floor.len() - 1] - floor[0];
+    let steps = floor_steps(points);
+    if steps.len() < thresholds.ratchet_steps.max(2)
+        || rise < thresholds.ratchet_rise
+        || drops(points) > RATCHET_GIVE_BACK * rise
+    {
+        return None;
+    }
+    let mut waits = Vec::with_capacity(steps.len());
+    let mut before = first.t;
+    for &step in &steps {
+        waits.push(step - before);
+        before = step;
+    }
+    let longest_wait = waits.iter().copied().fold(0.0, f64::max);
+    let since_last = last.t - before;
+    if since_last > 2.0 * longest_wait {
+        return None;
+    }
+    let span = last.t - first.t;
+    let values: Vec<f64> = points.iter().map(|p| p.value).collect();
+    let (_, z) = mann_kendall(&values);
+    Some(Ratchet {
+        rise,
+        rate: if span > 0.0 { rise / span } else { 0.0 },
+        steps,
+        confidence: 1.0 - p_upward(z),
     })
 }
 
@@ -470,5 +571,105 @@ mod tests {
             assess(&steady, &Thresholds::TASKS),
             Verdict::Quiet(_)
         ));
+    }
+
+    fn values(values: &[f64]) -> Vec<Point> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &value)| Point { t: i as f64, value })
+            .collect()
+    }
+
+    const STEPS: [f64; 20] = [
+        0.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 6.0, 6.0, 6.0,
+        9.0, 9.0,
+    ];
+
+    #[test]
+    fn the_step_series_that_the_trend_test_misses_is_a_ratchet() {
+        let points = values(&STEPS);
+        assert!(
+            matches!(assess(&points, &Thresholds::TASKS), Verdict::Quiet(_)),
+            "the median slope of a step series is 0"
+        );
+        let found = ratchet(&points, &Thresholds::TASKS).expect("a ratchet");
+        assert_eq!(found.steps, vec![1.0, 15.0, 18.0]);
+        assert_eq!(found.rise, 9.0);
+        assert!((found.rate - 9.0 / 19.0).abs() < 1e-12, "{found:?}");
+        assert!(found.confidence > 0.99, "{found:?}");
+    }
+
+    #[test]
+    fn a_slow_ratchet_of_single_tasks_is_found() {
+        let points = values(&[
+            1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 4.0, 4.0,
+            4.0, 4.0, 4.0,
+        ]);
+        assert!(ratchet(&points, &Thresholds::TASKS).is_some());
+    }
+
+    #[test]
+    fn a_transient_dip_within_the_give_back_is_still_a_ratchet() {
+        let mut series = STEPS;
+        series[8] = 2.0;
+        assert!(ratchet(&values(&series), &Thresholds::TASKS).is_some());
+    }
+
+    #[test]
+    fn counts_that_come_back_down_are_not_ratchets() {
+        // Short blocks and bursty spawn-and-finish: up and down around a floor of zero.
+        let bursts = values(&[
+            0.0, 4.0, 0.0, 5.0, 1.0, 0.0, 6.0, 2.0, 0.0, 7.0, 0.0, 3.0, 8.0, 0.0, 2.0, 9.0, 4.0,
+            10.0, 6.0, 12.0,
+        ]);
+        assert_eq!(ratchet(&bursts, &Thresholds::TASKS), None);
+        // Long sleepers that end: a ramp, then the oldest leave as new ones come.
+        let sleepers = values(&[
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 4.0, 5.0, 5.0, 4.0, 5.0, 5.0, 4.0, 5.0, 5.0, 4.0,
+            5.0, 5.0, 4.0,
+        ]);
+        assert_eq!(ratchet(&sleepers, &Thresholds::TASKS), None);
+        // Noise that ends high: the floor of the last points rises, but the series gives back.
+        let mut jitter = noise(3);
+        let noisy = series(20, |t| {
+            if t > 17.0 {
+                8.0
+            } else {
+                4.0 + 4.0 * jitter.next().unwrap()
+            }
+        });
+        assert_eq!(ratchet(&noisy, &Thresholds::TASKS), None);
+    }
+
+    #[test]
+    fn warm_ups_that_settle_are_not_ratchets() {
+        // A fixed pool started at once: one step.
+        let pool = values(&[
+            0.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0,
+            8.0, 8.0, 8.0,
+        ]);
+        assert_eq!(ratchet(&pool, &Thresholds::TASKS), None);
+        // A pool that grows one worker a second to 12, then stops: many steps, then settled.
+        let ramp = series(20, |t| t.min(12.0));
+        assert_eq!(ratchet(&ramp, &Thresholds::TASKS), None);
+        // Two warm-up steps are too few.
+        let two = values(&[
+            0.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0,
+            8.0, 8.0, 8.0,
+        ]);
+        assert_eq!(ratchet(&two, &Thresholds::TASKS), None);
+        // A timer's goroutine: constant.
+        assert_eq!(ratchet(&series(20, |_| 1.0), &Thresholds::TASKS), None);
+    }
+
+    #[test]
+    fn ratchets_need_enough_points_and_finite_numbers() {
+        assert_eq!(ratchet(&values(&STEPS[..6]), &Thresholds::TASKS), None);
+        let mut series = values(&STEPS);
+        series[3].value = f64::NAN;
+        assert_eq!(ratchet(&series, &Thresholds::TASKS), None);
+        assert_eq!(floor(&values(&[3.0, 1.0, 2.0])), vec![1.0, 1.0, 2.0]);
+        assert_eq!(drops(&values(&[3.0, 1.0, 2.0, 0.0])), 4.0);
     }
 }

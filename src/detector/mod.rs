@@ -2,14 +2,17 @@
 //! which line, is leaking how fast, while staying quiet about warm-ups, plateaus and churn.
 //!
 //! - [`sampler`] fetches profiles over HTTP (I/O only);
+//! - [`frames`] says which frame of a stack is the site: the program's own code (pure);
 //! - [`profile`] reads a profile as the amount retained per site (pure);
-//! - [`analysis`] decides, per site, whether its series leaks (pure);
+//! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
+//!   steps that never comes down (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
 //! - [`scan`] is the `leakfinder scan` command.
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
 pub mod analysis;
+pub mod frames;
 pub mod profile;
 pub mod sampler;
 pub mod scan;
@@ -27,6 +30,12 @@ pub fn rank(findings: &mut [Finding]) {
             .cmp(&(a.unit == "bytes"))
             .then(b.rate_per_second.total_cmp(&a.rate_per_second))
     });
+}
+
+/// Seconds since `started`, to the millisecond, as sample times are kept: the first sample,
+/// taken as a scan begins, is at 0 (not `5.81e-07`).
+pub fn seconds_since(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// The spawn site in a task stack (`function file:line` strings, leaf first): its root-most
@@ -55,12 +64,15 @@ pub struct Finding {
     pub unit: String,
     /// What the site retains in the latest profile.
     pub retained: f64,
-    /// Seconds after the first sample at which the site was first seen.
+    /// Seconds after the scan's (or watch's) first sample at which the site was first seen.
     pub first_seen_seconds: f64,
     /// `1 - p` of the trend tests.
     pub confidence: f64,
     /// For tasks, where they were spawned (`function file:line`), when the profile says.
     pub spawned_by: Option<String>,
+    /// For runtime structures (a heap site of runtime frames only), the task leak they come
+    /// from (`function file:line`), when one is found.
+    pub attributed_to: Option<String>,
     /// Why: the stack, and the numbers behind the verdict.
     pub evidence: Evidence,
 }
@@ -76,6 +88,14 @@ pub struct Evidence {
     pub growth: f64,
     /// Growth per second over the recent half of the window.
     pub recent_rate_per_second: f64,
+    /// Which test found it: `trend` (a steady rise) or `ratchet` (a floor that rises in steps
+    /// and never comes down).
+    pub test: String,
+    /// When the floor rose (seconds), for a ratchet.
+    pub steps_seconds: Vec<f64>,
+    /// Other sites of the same leak (`function file:line`), added up with this one: the sibling
+    /// tasks that one manifestation leaves at different lines.
+    pub siblings: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +103,7 @@ struct Series {
     points: Vec<Point>,
     first_seen: f64,
     stack: Vec<String>,
+    family: String,
 }
 
 /// Per-site series of one profile kind, and the verdicts on them.
@@ -115,15 +136,23 @@ impl Detector {
         if times.len() > self.window {
             times.remove(0);
         }
+        // A site that appears after the first profile of its kind was at zero just before: its
+        // series starts there, so its first step counts as one.
+        let previous = (times.len() > 1).then(|| times[times.len() - 2]);
         for (site, retained) in &snapshot.sites {
             let series = self
                 .series
                 .entry((kind, site.clone()))
                 .or_insert_with(|| Series {
                     first_seen: t,
+                    points: previous
+                        .map(|t| Point { t, value: 0.0 })
+                        .into_iter()
+                        .collect(),
                     ..Series::default()
                 });
             series.stack.clone_from(&retained.stack);
+            series.family.clone_from(&retained.family);
         }
         let window = self.window;
         for ((series_kind, site), series) in self.series.iter_mut() {
@@ -146,50 +175,219 @@ impl Detector {
 
     /// Every leaking site, fastest first.
     pub fn findings(&self) -> Vec<Finding> {
-        let mut findings: Vec<Finding> = self
-            .series
-            .iter()
-            .filter_map(|((kind, site), series)| {
-                let thresholds = match kind {
-                    ProfileKind::Heap => Thresholds::HEAP,
-                    ProfileKind::Tasks => Thresholds::TASKS,
-                };
-                let Verdict::Leak(trend) = analysis::assess(&series.points, &thresholds) else {
-                    return None;
-                };
-                let (kind_name, unit) = match kind {
-                    ProfileKind::Heap => ("heap", "bytes"),
-                    ProfileKind::Tasks if self.go => ("goroutines", "tasks"),
-                    ProfileKind::Tasks => ("tasks", "tasks"),
-                };
-                Some(Finding {
-                    kind: kind_name.to_owned(),
-                    function: site.function.clone(),
-                    file: site.file.clone(),
-                    line: site.line,
-                    rate_per_second: trend.rate,
-                    unit: unit.to_owned(),
-                    retained: series.points.last().map_or(0.0, |point| point.value),
-                    first_seen_seconds: series.first_seen,
-                    confidence: trend.confidence,
-                    spawned_by: spawn_site(&series.stack),
-                    evidence: Evidence {
-                        stack: series.stack.clone(),
-                        samples: series.points.len(),
-                        growth: trend.growth,
-                        recent_rate_per_second: trend.recent_rate,
-                    },
-                })
-            })
-            .collect();
+        let mut findings = Vec::new();
+        let mut unfound: Vec<(&(ProfileKind, Site), &Series)> = Vec::new();
+        for (key, series) in &self.series {
+            let thresholds = thresholds(key.0);
+            match analysis::assess(&series.points, &thresholds) {
+                Verdict::Leak(trend) => {
+                    findings.push(self.finding(key, series, Found::trend(trend)))
+                }
+                Verdict::Quiet(_) => match analysis::ratchet(&series.points, &thresholds) {
+                    Some(ratchet) => {
+                        findings.push(self.finding(key, series, Found::ratchet(ratchet)));
+                    }
+                    None => unfound.push((key, series)),
+                },
+            }
+        }
+        findings.extend(self.sibling_findings(&unfound));
+        attribute_runtime_structures(&mut findings);
         rank(&mut findings);
         findings
+    }
+
+    /// Leaks split over sibling sites: sites of one family (see [`frames::family`]) whose counts
+    /// never come down and rise at the same profiles, added up and tested as one series (a
+    /// ratchet of two steps will do: each step is seen at two sites at once).
+    fn sibling_findings(&self, unfound: &[(&(ProfileKind, Site), &Series)]) -> Vec<Finding> {
+        let mut families: BTreeMap<(ProfileKind, &str), Vec<(&(ProfileKind, Site), &Series)>> =
+            BTreeMap::new();
+        for &(key, series) in unfound {
+            let steps = analysis::floor_steps(&series.points);
+            if series.family.is_empty() || steps.is_empty() || analysis::drops(&series.points) > 0.0
+            {
+                continue;
+            }
+            families
+                .entry((key.0, series.family.as_str()))
+                .or_default()
+                .push((key, series));
+        }
+        let mut findings = Vec::new();
+        for ((kind, _), mut members) in families {
+            // One profile's interval, and a little more.
+            let tolerance = 1.5 * self.interval(kind);
+            // Largest first: it names the leak; the others join when they step together.
+            members.sort_by(|a, b| {
+                let last = |series: &Series| series.points.last().map_or(0.0, |p| p.value);
+                last(b.1).total_cmp(&last(a.1))
+            });
+            let lead_steps = analysis::floor_steps(&members[0].1.points);
+            let together: Vec<_> = members
+                .iter()
+                .filter(|(_, series)| {
+                    steps_align(
+                        &lead_steps,
+                        &analysis::floor_steps(&series.points),
+                        tolerance,
+                    )
+                })
+                .collect();
+            if together.len() < 2 {
+                continue;
+            }
+            let mut sum: BTreeMap<u64, f64> = BTreeMap::new();
+            for (_, series) in &together {
+                for point in &series.points {
+                    *sum.entry(point.t.to_bits()).or_default() += point.value;
+                }
+            }
+            let mut points: Vec<Point> = sum
+                .into_iter()
+                .map(|(t, value)| Point {
+                    t: f64::from_bits(t),
+                    value,
+                })
+                .collect();
+            points.sort_by(|a, b| a.t.total_cmp(&b.t));
+            // Each step is seen at two sites or more at once, so two steps are enough here.
+            let mut thresholds = thresholds(kind);
+            thresholds.ratchet_steps = 2;
+            let found = match analysis::assess(&points, &thresholds) {
+                Verdict::Leak(trend) => Found::trend(trend),
+                Verdict::Quiet(_) => match analysis::ratchet(&points, &thresholds) {
+                    Some(ratchet) => Found::ratchet(ratchet),
+                    None => continue,
+                },
+            };
+            let (key, lead) = together[0];
+            let mut finding = self.finding(key, lead, found);
+            finding.retained = points.last().map_or(0.0, |p| p.value);
+            finding.evidence.samples = points.len();
+            finding.evidence.siblings = together[1..]
+                .iter()
+                .map(|((_, site), _)| format!("{} {}:{}", site.function, site.file, site.line))
+                .collect();
+            findings.push(finding);
+        }
+        findings
+    }
+
+    fn finding(
+        &self,
+        (kind, site): &(ProfileKind, Site),
+        series: &Series,
+        found: Found,
+    ) -> Finding {
+        let (kind_name, unit) = match kind {
+            ProfileKind::Heap => ("heap", "bytes"),
+            ProfileKind::Tasks if self.go => ("goroutines", "tasks"),
+            ProfileKind::Tasks => ("tasks", "tasks"),
+        };
+        Finding {
+            kind: kind_name.to_owned(),
+            function: site.function.clone(),
+            file: site.file.clone(),
+            line: site.line,
+            rate_per_second: found.rate,
+            unit: unit.to_owned(),
+            retained: series.points.last().map_or(0.0, |point| point.value),
+            first_seen_seconds: series.first_seen,
+            confidence: found.confidence,
+            spawned_by: spawn_site(&series.stack),
+            attributed_to: None,
+            evidence: Evidence {
+                stack: series.stack.clone(),
+                samples: series.points.len(),
+                growth: found.growth,
+                recent_rate_per_second: found.recent_rate,
+                test: found.test.to_owned(),
+                steps_seconds: found.steps,
+                siblings: Vec::new(),
+            },
+        }
+    }
+    /// The median time between two profiles of a kind.
+    fn interval(&self, kind: ProfileKind) -> f64 {
+        let times = self.times.get(&kind).map_or(&[][..], Vec::as_slice);
+        let mut gaps: Vec<f64> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        gaps.sort_by(f64::total_cmp);
+        gaps.get(gaps.len() / 2).copied().unwrap_or(0.0)
     }
 
     /// How many sites are being watched.
     pub fn sites(&self) -> usize {
         self.series.len()
     }
+}
+
+fn thresholds(kind: ProfileKind) -> Thresholds {
+    match kind {
+        ProfileKind::Heap => Thresholds::HEAP,
+        ProfileKind::Tasks => Thresholds::TASKS,
+    }
+}
+
+/// What a test found, in the terms of a [`Finding`].
+struct Found {
+    rate: f64,
+    recent_rate: f64,
+    growth: f64,
+    confidence: f64,
+    test: &'static str,
+    steps: Vec<f64>,
+}
+
+impl Found {
+    fn trend(trend: analysis::Trend) -> Self {
+        Self {
+            rate: trend.rate,
+            recent_rate: trend.recent_rate,
+            growth: trend.growth,
+            confidence: trend.confidence,
+            test: "trend",
+            steps: Vec::new(),
+        }
+    }
+
+    fn ratchet(ratchet: analysis::Ratchet) -> Self {
+        Self {
+            rate: ratchet.rate,
+            recent_rate: ratchet.rate,
+            growth: ratchet.rise,
+            confidence: ratchet.confidence,
+            test: "ratchet",
+            steps: ratchet.steps,
+        }
+    }
+}
+
+/// Whether two sites' floors rise at the same profiles, give or take `tolerance` seconds (a
+/// manifestation can straddle a profile).
+fn steps_align(a: &[f64], b: &[f64], tolerance: f64) -> bool {
+    let near = |steps: &[f64], t: f64| steps.iter().any(|&step| (step - t).abs() <= tolerance);
+    a.len() == b.len() && a.iter().all(|&t| near(b, t)) && b.iter().all(|&t| near(a, t))
+}
+
+/// Heap growth of runtime structures alone (goroutine structs under `runtime.newproc1`) is the
+/// footprint of a task leak: it names the fastest task leak found, if any, never a user site.
+fn attribute_runtime_structures(findings: &mut [Finding]) {
+    let task_leak = findings
+        .iter()
+        .filter(|finding| finding.unit == "tasks" && !is_runtime_site(finding))
+        .max_by(|a, b| a.rate_per_second.total_cmp(&b.rate_per_second))
+        .map(|finding| format!("{} {}:{}", finding.function, finding.file, finding.line));
+    for finding in findings
+        .iter_mut()
+        .filter(|finding| is_runtime_site(finding))
+    {
+        finding.attributed_to.clone_from(&task_leak);
+    }
+}
+
+fn is_runtime_site(finding: &Finding) -> bool {
+    finding.function == frames::RUNTIME_GOROUTINES || finding.function == frames::RUNTIME_TASKS
 }
 
 #[cfg(test)]
@@ -377,5 +575,128 @@ mod tests {
             detector.observe(i as f64, &snapshot(ProfileKind::Heap, &[]));
         }
         assert_eq!(detector.sites(), 0);
+    }
+
+    /// Observes `sites` (function, family, series) of Go task profiles at 1 s intervals; a zero
+    /// is an absent site.
+    fn observe_go_tasks(detector: &mut Detector, sites: &[(&str, &str, &[f64])]) {
+        let n = sites[0].2.len();
+        for i in 0..n {
+            let snapshot = Snapshot {
+                kind: ProfileKind::Tasks,
+                go: true,
+                sites: sites
+                    .iter()
+                    .filter(|(_, _, values)| values[i] > 0.0)
+                    .map(|(function, family, values)| {
+                        let site = Site {
+                            function: (*function).into(),
+                            file: "/app/main.go".into(),
+                            line: 7,
+                        };
+                        let mut retained =
+                            Retained::new(values[i], vec![format!("{function} /app/main.go:7")]);
+                        retained.family = (*family).into();
+                        (site, retained)
+                    })
+                    .collect(),
+            };
+            detector.observe(i as f64, &snapshot);
+        }
+    }
+
+    #[test]
+    fn a_step_wise_leak_first_seen_late_is_a_ratchet_seen_at_its_first_step() {
+        let steps: [f64; 20] = [
+            0.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 6.0, 6.0,
+            6.0, 9.0, 9.0,
+        ];
+        let flat = [1.0; 20];
+        let mut detector = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut detector,
+            &[
+                ("main.rare", "main.rare", &steps),
+                ("main.ticker", "main.ticker", &flat),
+            ],
+        );
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let finding = &findings[0];
+        assert_eq!(finding.function, "main.rare");
+        assert_eq!(finding.kind, "goroutines");
+        assert_eq!(finding.evidence.test, "ratchet");
+        assert_eq!(finding.evidence.steps_seconds, vec![1.0, 15.0, 18.0]);
+        assert_eq!(finding.first_seen_seconds, 1.0);
+        assert_eq!(finding.retained, 9.0);
+    }
+
+    #[test]
+    fn a_leak_split_over_sibling_sites_is_added_up_and_unrelated_sites_are_not() {
+        // Each manifestation leaves one goroutine at each of three sibling sites: two steps of
+        // one are too little for any site alone.
+        let sibling: [f64; 20] = [
+            0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0,
+            2.0, 2.0, 2.0,
+        ];
+        // A site of another family stepping at the same moments, and one of the same family
+        // stepping at other moments: neither joins.
+        let mut late = sibling;
+        late[3..7].fill(0.0);
+        let mut detector = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut detector,
+            &[
+                ("main.fanout.func1", "main.fanout", &sibling),
+                ("main.fanout.func2", "main.fanout", &sibling),
+                ("main.fanout.func3", "main.fanout", &sibling),
+                ("main.fanout.func4", "main.fanout", &late),
+                ("main.other", "main.other", &sibling),
+            ],
+        );
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let finding = &findings[0];
+        assert!(finding.function.starts_with("main.fanout.func"));
+        assert_eq!(finding.retained, 6.0);
+        assert_eq!(finding.evidence.siblings.len(), 2, "{finding:#?}");
+        assert!(
+            finding
+                .evidence
+                .siblings
+                .iter()
+                .all(|site| !site.contains("func4") && !site.contains("main.other"))
+        );
+        // Alone, a sibling is quiet.
+        let mut alone = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut alone,
+            &[("main.fanout.func1", "main.fanout", &sibling)],
+        );
+        assert!(alone.findings().is_empty());
+    }
+
+    #[test]
+    fn runtime_structures_name_the_task_leak_they_come_from() {
+        let mut detector = Detector::new(usize::MAX);
+        for i in 0..12 {
+            let t = f64::from(i);
+            let mut heap = snapshot(ProfileKind::Heap, &[(frames::RUNTIME_GOROUTINES, 1e6 * t)]);
+            heap.go = true;
+            detector.observe(t, &heap);
+            let mut tasks = snapshot(ProfileKind::Tasks, &[("main.leak", 10.0 * t)]);
+            tasks.go = true;
+            detector.observe(t, &tasks);
+        }
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        let heap = findings.iter().find(|f| f.unit == "bytes").unwrap();
+        assert_eq!(heap.function, frames::RUNTIME_GOROUTINES);
+        assert_eq!(heap.attributed_to.as_deref(), Some("main.leak src/x.rs:1"));
+    }
+
+    #[test]
+    fn the_first_sample_of_a_scan_is_at_zero() {
+        assert_eq!(seconds_since(std::time::Instant::now()), 0.0);
     }
 }

@@ -1,12 +1,14 @@
 //! Reading a pprof profile as the detector needs it: the amount each *site* retains.
 //!
-//! A site is the leaf-most frame that is not runtime or allocator code (Go's `runtime.*`; tokio,
-//! the standard library and allocators for Rust), as function + file:line. The full stack of the
-//! sample that retains the most there is kept as evidence. Malformed profiles (dangling ids,
+//! A site is the leaf-most frame in the program's own code (see [`super::frames`]), as
+//! function + file:line; a stack of runtime frames only is one site of its own. The full stack of
+//! the sample that retains the most there is kept as evidence, with the manifestation it belongs
+//! to (its [`family`](super::frames::family)). Malformed profiles (dangling ids,
 //! string indices out of range) are read as far as they make sense: this never panics.
 
 use std::collections::BTreeMap;
 
+use super::frames::{self, Language};
 use crate::profiling::pprof::Profile;
 
 /// Which profile a snapshot came from.
@@ -47,6 +49,9 @@ pub struct Retained {
     pub value: f64,
     /// The stack (leaf first, `function file:line`) of the largest sample at this site.
     pub stack: Vec<String>,
+    /// The manifestation the largest sample belongs to: its spawner, or its root-most program
+    /// function (empty when it has no program code).
+    pub family: String,
     largest: f64,
 }
 
@@ -56,6 +61,7 @@ impl Retained {
         Self {
             value,
             stack,
+            family: String::new(),
             largest: value,
         }
     }
@@ -83,40 +89,6 @@ pub enum SnapshotError {
         /// The ones it has.
         found: String,
     },
-}
-
-/// Frames that are runtime, scheduler or allocator machinery, never a leak site themselves.
-pub fn is_runtime(function: &str, file: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "runtime.",
-        "runtime/",
-        "internal/",
-        "tokio::",
-        "<tokio::",
-        "tokio_util::",
-        "<tokio_util::",
-        "core::",
-        "<core::",
-        "std::",
-        "<std::",
-        "alloc::",
-        "<alloc::",
-        "hashbrown::",
-        "<hashbrown::",
-        "futures_util::",
-        "<futures_util::",
-        "__rust",
-        "_rjem_",
-        "je_",
-        "prof_",
-        "malloc",
-        "calloc",
-        "realloc",
-    ];
-    PREFIXES.iter().any(|prefix| function.starts_with(prefix))
-        || file.starts_with("tokio-")
-        || file.starts_with("/rustc/")
-        || file.contains("jemalloc")
 }
 
 /// Reads a profile as `kind`.
@@ -158,7 +130,7 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         .iter()
         .map(|location| (location.id, location))
         .collect();
-    let mut go = false;
+    let language = Language::detect(functions.values().copied());
     let mut sites: BTreeMap<Site, Retained> = BTreeMap::new();
     for sample in &profile.sample {
         let Some(&value) = sample.value.get(column) else {
@@ -177,20 +149,25 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
                 Some((*function, *file, line.line))
             })
             .collect();
-        go |= frames
-            .iter()
-            .any(|(function, _, _)| function.starts_with("runtime."));
-        let Some(&(function, file, line)) = frames
-            .iter()
-            .find(|(function, file, _)| !is_runtime(function, file))
-            .or_else(|| frames.first())
-        else {
+        if frames.is_empty() {
             continue;
-        };
-        let site = Site {
-            function: function.to_owned(),
-            file: file.to_owned(),
-            line,
+        }
+        let placed: Vec<(&str, &str)> = frames
+            .iter()
+            .map(|(function, file, _)| (*function, *file))
+            .collect();
+        let chosen = frames::site_index(&language, &placed);
+        let site = match chosen {
+            Some(index) => Site {
+                function: frames[index].0.to_owned(),
+                file: frames[index].1.to_owned(),
+                line: frames[index].2,
+            },
+            None => Site {
+                function: language.runtime_site().to_owned(),
+                file: String::new(),
+                line: 0,
+            },
         };
         let value = value as f64;
         let retained = sites
@@ -199,12 +176,14 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         retained.value += value;
         if value > retained.largest {
             retained.largest = value;
+            retained.family = frames::family(&language, &placed);
             retained.stack = frames
                 .iter()
                 .map(|(function, file, line)| format!("{function} {file}:{line}"))
                 .collect();
         }
     }
+    let go = language.is_go();
     Ok(Snapshot { kind, go, sites })
 }
 
@@ -304,5 +283,49 @@ mod tests {
         profile.string_table.truncate(2);
         let _ = snapshot(&profile, ProfileKind::Heap);
         let _ = snapshot(&profile, ProfileKind::Tasks);
+    }
+
+    #[test]
+    fn blockers_on_one_mutex_from_different_callers_do_not_merge() {
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let sema = entry(
+            1,
+            "internal/sync.runtime_SemacquireMutex",
+            "/go/src/runtime/sema.go",
+            95,
+        );
+        let lock = entry(2, "sync.(*Mutex).Lock", "/go/src/sync/mutex.go", 46);
+        let refresh = entry(3, "main.(*cache).refresh", "/app/cache.go", 30);
+        let evict = entry(4, "main.(*cache).evict", "/app/cache.go", 52);
+        let exit = entry(5, "runtime.goexit", "/go/src/runtime/asm_amd64.s", 1700);
+        builder.add_sample(
+            &[sema.clone(), lock.clone(), refresh, exit.clone()],
+            vec![4],
+            &[],
+        );
+        builder.add_sample(&[sema, lock, evict, exit.clone()], vec![2], &[]);
+        // The goroutine structs of a task leak: runtime frames only.
+        let malg = entry(6, "runtime.malg", "/go/src/runtime/proc.go", 4000);
+        builder.add_sample(&[malg, exit], vec![9], &[]);
+        let snapshot = snapshot(&builder.build(), ProfileKind::Tasks).unwrap();
+        let sites: Vec<(&str, i64, f64)> = snapshot
+            .sites
+            .iter()
+            .map(|(site, retained)| (site.function.as_str(), site.line, retained.value))
+            .collect();
+        assert_eq!(
+            sites,
+            vec![
+                ("main.(*cache).evict", 52, 2.0),
+                ("main.(*cache).refresh", 30, 4.0),
+                (super::frames::RUNTIME_GOROUTINES, 0, 9.0),
+            ]
+        );
+        let refresh = snapshot.sites.values().nth(1).unwrap();
+        assert_eq!(
+            refresh.stack[1],
+            "sync.(*Mutex).Lock /go/src/sync/mutex.go:46"
+        );
+        assert_eq!(refresh.family, "main.(*cache).refresh");
     }
 }

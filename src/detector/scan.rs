@@ -180,7 +180,7 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
     let mut samples = 0usize;
     loop {
         let tick = Instant::now();
-        let t = started.elapsed().as_secs_f64();
+        let t = super::seconds_since(started);
         for profile in &mut watched {
             match sampler.fetch(profile.kind) {
                 Ok((bytes, fetched)) => {

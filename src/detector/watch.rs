@@ -115,7 +115,7 @@ impl LeakWatch {
                 _ = heap_ticks.tick() => ProfileKind::Heap,
                 _ = task_ticks.tick() => ProfileKind::Tasks,
             };
-            let t = started.elapsed().as_secs_f64();
+            let t = super::seconds_since(started);
             match kind {
                 ProfileKind::Heap => {
                     match profilers.heap().await {
