@@ -12,7 +12,8 @@
 //!
 //! `cargo bench --bench corpus` runs the whole corpus; `cargo bench --bench corpus -- --reduced`
 //! (what CI runs) takes the first program of each class with its fixed twin, every control and
-//! the tokio twins.
+//! the tokio twins. `CORPUS_SCANNER=/path/to/leakfinder` scores another build's scan (an older
+//! release, say) on the same corpus.
 
 #[path = "../tests/api/helpers.rs"]
 #[allow(dead_code)]
@@ -239,7 +240,7 @@ fn run(case: Case) -> Verdict {
         url.rsplit(':').next().unwrap()
     ));
     let started = Instant::now();
-    let mut scan = Command::new(BINARY)
+    let mut scan = Command::new(scanner())
         .arg("scan")
         .arg(&url)
         .args(SCAN)
@@ -306,6 +307,11 @@ fn run(case: Case) -> Verdict {
     }
 }
 
+/// The `leakfinder` whose scan is scored: this build, or `CORPUS_SCANNER`.
+fn scanner() -> PathBuf {
+    std::env::var_os("CORPUS_SCANNER").map_or_else(|| PathBuf::from(BINARY), PathBuf::from)
+}
+
 fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
@@ -314,12 +320,13 @@ fn median(values: &mut [f64]) -> Option<f64> {
 fn main() {
     let reduced = std::env::args().any(|arg| arg == "--reduced");
     println!(
-        "leakfinder corpus benchmark ({}): scan {} per program, {PARALLEL} at a time",
+        "leakfinder corpus benchmark ({}): `{} scan URL {}` per program, {PARALLEL} at a time",
         if reduced {
             "reduced: one program per class"
         } else {
             "whole corpus"
         },
+        scanner().display(),
         SCAN.join(" ")
     );
     let bin = build_go_corpus();
@@ -341,10 +348,10 @@ fn main() {
     std::thread::scope(|scope| {
         for _ in 0..PARALLEL {
             scope.spawn(|| {
-                while let Some(case) = {
-                    let next = queue.lock().unwrap().pop();
-                    next
-                } {
+                loop {
+                    let Some(case) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
                     let verdict = run(case);
                     print_verdict(&verdict);
                     verdicts.lock().unwrap().push(verdict);

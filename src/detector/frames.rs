@@ -245,22 +245,6 @@ const RUST_RUNTIME: &[&str] = &[
     "panic_unwind",
 ];
 
-/// Allocator and runtime symbols that are not in a crate's namespace.
-const RUST_RUNTIME_SYMBOLS: &[&str] = &[
-    "__rust",
-    "__rdl_",
-    "__rg_",
-    "_rjem_",
-    "je_",
-    "prof_",
-    "malloc",
-    "calloc",
-    "realloc",
-    "free",
-    "posix_memalign",
-    "aligned_alloc",
-];
-
 /// The crate a Rust function is in: the first path segment, past any `<` of a trait impl.
 fn rust_crate(function: &str) -> &str {
     let name = function.trim_start_matches('<');
@@ -295,12 +279,7 @@ fn rust_origin(function: &str, file: &str) -> Origin {
     }
     let crate_name = rust_crate(function);
     let runtime = RUST_RUNTIME.contains(&crate_name)
-        || RUST_RUNTIME_SYMBOLS
-            .iter()
-            .any(|symbol| function.starts_with(symbol))
-        || file.starts_with("/rustc/")
-        || file.starts_with("/rust/deps/")
-        || file.contains("jemalloc")
+        || crate::profiling::heap::is_allocator(function, file)
         || rust_file_crate(file)
             .is_some_and(|name| RUST_RUNTIME.contains(&name.replace('-', "_").as_str()));
     if runtime {

@@ -98,6 +98,9 @@ pub struct Evidence {
     pub siblings: Vec<String>,
 }
 
+/// A site's key and its series.
+type Watched<'a> = (&'a (ProfileKind, Site), &'a Series);
+
 #[derive(Debug, Default)]
 struct Series {
     points: Vec<Point>,
@@ -176,7 +179,7 @@ impl Detector {
     /// Every leaking site, fastest first.
     pub fn findings(&self) -> Vec<Finding> {
         let mut findings = Vec::new();
-        let mut unfound: Vec<(&(ProfileKind, Site), &Series)> = Vec::new();
+        let mut unfound: Vec<Watched<'_>> = Vec::new();
         for (key, series) in &self.series {
             let thresholds = thresholds(key.0);
             match analysis::assess(&series.points, &thresholds) {
@@ -200,9 +203,8 @@ impl Detector {
     /// Leaks split over sibling sites: sites of one family (see [`frames::family`]) whose counts
     /// never come down and rise at the same profiles, added up and tested as one series (a
     /// ratchet of two steps will do: each step is seen at two sites at once).
-    fn sibling_findings(&self, unfound: &[(&(ProfileKind, Site), &Series)]) -> Vec<Finding> {
-        let mut families: BTreeMap<(ProfileKind, &str), Vec<(&(ProfileKind, Site), &Series)>> =
-            BTreeMap::new();
+    fn sibling_findings(&self, unfound: &[Watched<'_>]) -> Vec<Finding> {
+        let mut families: BTreeMap<(ProfileKind, &str), Vec<Watched<'_>>> = BTreeMap::new();
         for &(key, series) in unfound {
             let steps = analysis::floor_steps(&series.points);
             if series.family.is_empty() || steps.is_empty() || analysis::drops(&series.points) > 0.0
@@ -253,7 +255,9 @@ impl Detector {
             points.sort_by(|a, b| a.t.total_cmp(&b.t));
             // Each step is seen at two sites or more at once, so two steps are enough here.
             let mut thresholds = thresholds(kind);
-            thresholds.ratchet_steps = 2;
+            if let Some(ratchet) = &mut thresholds.ratchet {
+                ratchet.steps = 2;
+            }
             let found = match analysis::assess(&points, &thresholds) {
                 Verdict::Leak(trend) => Found::trend(trend),
                 Verdict::Quiet(_) => match analysis::ratchet(&points, &thresholds) {

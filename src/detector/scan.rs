@@ -331,7 +331,29 @@ fn render(reported: &[Reported], base: &str, samples: usize, elapsed: f64, out: 
             finding.first_seen_seconds,
             finding.confidence,
         );
-        for frame in finding.evidence.stack.iter().take(6) {
+        let evidence = &finding.evidence;
+        if evidence.test == "ratchet" {
+            let steps: Vec<String> = evidence
+                .steps_seconds
+                .iter()
+                .map(|t| format!("{t:.0}"))
+                .collect();
+            let _ = writeln!(
+                text,
+                "   never came down; rose in steps at {} s",
+                steps.join(", ")
+            );
+        }
+        for sibling in &evidence.siblings {
+            let _ = writeln!(text, "   with the sibling site {sibling}");
+        }
+        if let Some(task_leak) = &finding.attributed_to {
+            let _ = writeln!(
+                text,
+                "   runtime structures of the task leak at {task_leak}"
+            );
+        }
+        for frame in evidence.stack.iter().take(10) {
             let _ = writeln!(text, "     {frame}");
         }
         let _ = writeln!(text, "   confirm: {confirm}\n");
@@ -394,5 +416,49 @@ mod tests {
             "3072.0 GiB"
         );
         assert_eq!(human(9.5, "tasks"), "9.5 tasks");
+    }
+
+    #[test]
+    fn a_ratchet_over_siblings_reads_with_its_steps_and_its_other_sites() {
+        let finding = Finding {
+            kind: "goroutines".into(),
+            function: "main.fanoutLeaky.func1".into(),
+            file: "/app/main.go".into(),
+            line: 30,
+            rate_per_second: 0.3,
+            unit: "tasks".into(),
+            retained: 6.0,
+            first_seen_seconds: 0.0,
+            confidence: 0.999,
+            spawned_by: None,
+            attributed_to: None,
+            evidence: super::super::Evidence {
+                stack: vec!["runtime.chansend1 /go/src/runtime/chan.go:161".into()],
+                samples: 20,
+                growth: 6.0,
+                recent_rate_per_second: 0.3,
+                test: "ratchet".into(),
+                steps_seconds: vec![3.0, 12.0],
+                siblings: vec!["main.fanoutLeaky.func2 /app/main.go:31".into()],
+            },
+        };
+        let reported = [Reported {
+            finding: &finding,
+            confirm: "go tool pprof -top".into(),
+        }];
+        let text = render(&reported, "http://x", 20, 19.0, Path::new("/tmp/out"));
+        assert!(
+            text.contains("0.3 tasks/s in main.fanoutLeaky.func1"),
+            "{text}"
+        );
+        assert!(text.contains("first seen at 0.0 s"), "{text}");
+        assert!(
+            text.contains("never came down; rose in steps at 3, 12 s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("with the sibling site main.fanoutLeaky.func2 /app/main.go:31"),
+            "{text}"
+        );
     }
 }

@@ -153,8 +153,11 @@ const ALLOCATOR_PREFIXES: &[&str] = &[
 /// Whether a frame is allocation machinery (jemalloc, its profiler, the global allocator shim,
 /// or the standard library's containers), which Go's profiles hide as `runtime.mallocgc`.
 pub fn is_allocator_frame(frame: &Frame) -> bool {
-    let file = &*frame.file;
-    let function = &*frame.function;
+    is_allocator(&frame.function, &frame.file)
+}
+
+/// [`is_allocator_frame`] for a frame given as its function's name and file.
+pub fn is_allocator(function: &str, file: &str) -> bool {
     file.starts_with("/rustc/")
         || file.starts_with("/rust/deps/")
         || file.contains("jemalloc")
