@@ -7,8 +7,8 @@
 //!
 //! - [`Origin::Runtime`]: scheduling, synchronisation, timers and allocation. For Go, files under
 //!   GOROOT's `src/runtime`, `src/sync`, `src/internal`, `src/time`, `src/reflect`, `src/iter`
-//!   and `src/os/signal`; for Rust, tokio, std/core/alloc, futures, parking_lot, hyper, h2 and
-//!   the allocator. Never a site.
+//!   and `src/os/signal`; for Rust, tokio, std/core/alloc, futures, parking_lot, hyper, h2, the
+//!   allocator and system libraries. Never a site.
 //! - [`Origin::Library`]: the rest of Go's standard library, Go modules from the module cache or
 //!   `vendor/`, and Rust crates from a registry. A site only when the stack has no program code;
 //!   then its root-most library frame (the goroutine's entry, as `net/http.(*persistConn).readLoop`)
@@ -174,22 +174,21 @@ const GO_RUNTIME: &[&str] = &[
 /// A Go file's path under GOROOT's `src/` (`sync/mutex.go`) when it is in the standard library.
 fn go_std_path(goroot_src: Option<&str>, function: &str, file: &str) -> Option<String> {
     let is_std = |path: &str| GO_STD.contains(&path.split('/').next().unwrap_or(path));
+    if file.is_empty() {
+        // No file: the function's package path (`net/http.(*conn).serve` is in `net/http`).
+        let last = function.rfind('/').map_or(0, |slash| slash + 1);
+        let end = function[last..]
+            .find('.')
+            .map_or(function.len(), |dot| last + dot);
+        let package = &function[..end];
+        return (package != "main" && is_std(package)).then(|| format!("{package}/"));
+    }
     if let Some(prefix) = goroot_src.filter(|prefix| !prefix.is_empty()) {
         return file.strip_prefix(prefix).map(str::to_owned);
     }
-    if !file.is_empty() {
-        // Built with -trimpath, or GOROOT unknown: std paths are `sync/mutex.go`, a module's
-        // start with its path (`example.com/app/main.go`).
-        return (!file.starts_with('/') && file.contains('/') && is_std(file))
-            .then(|| file.to_owned());
-    }
-    // No file: the function's package path (`net/http.(*conn).serve` is in `net/http`).
-    let last = function.rfind('/').map_or(0, |slash| slash + 1);
-    let end = function[last..]
-        .find('.')
-        .map_or(function.len(), |dot| last + dot);
-    let package = &function[..end];
-    (package != "main" && is_std(package)).then(|| format!("{package}/"))
+    // Built with -trimpath, or GOROOT unknown: std paths are `sync/mutex.go`, a module's start
+    // with its path (`example.com/app/main.go`).
+    (!file.starts_with('/') && file.contains('/') && is_std(file)).then(|| file.to_owned())
 }
 
 fn go_origin(goroot_src: Option<&str>, function: &str, file: &str) -> Origin {
@@ -278,7 +277,14 @@ fn rust_origin(function: &str, file: &str) -> Origin {
         };
     }
     let crate_name = rust_crate(function);
-    let runtime = RUST_RUNTIME.contains(&crate_name)
+    // System libraries (`libc.so.6+0x891f4`, from `/lib/x86_64-linux-gnu/libc.so.6`): the
+    // thread start-up below every stack.
+    let shared_library = file.ends_with(".so")
+        || file.contains(".so.")
+        || function.contains(".so+0x")
+        || function.contains(".so.");
+    let runtime = shared_library
+        || RUST_RUNTIME.contains(&crate_name)
         || crate::profiling::heap::is_allocator(function, file)
         || rust_file_crate(file)
             .is_some_and(|name| RUST_RUNTIME.contains(&name.replace('-', "_").as_str()));
@@ -473,6 +479,9 @@ mod tests {
             Origin::Library
         );
         assert_eq!(unknown.origin("main.main", ""), Origin::Program);
+        // A frame without a file, GOROOT known: placed by its package too.
+        assert_eq!(go().origin("sync.(*Mutex).Lock", ""), Origin::Runtime);
+        assert_eq!(go().origin("main.(*srv).run", ""), Origin::Program);
     }
 
     #[test]
@@ -533,6 +542,10 @@ mod tests {
         assert_eq!(site_index(&rust, &only_spawner), Some(1));
         assert_eq!(site_index(&rust, &stack[..3]), None);
         assert_eq!(rust.origin("__rust_alloc", ""), Origin::Runtime);
+        assert_eq!(
+            rust.origin("libc.so.6+0x891f4", "/lib/x86_64-linux-gnu/libc.so.6"),
+            Origin::Runtime
+        );
         assert_eq!(
             rust.origin(
                 "hyper::proto::h1::dispatch::Dispatcher::poll",
