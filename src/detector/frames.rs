@@ -312,9 +312,10 @@ pub fn site_index(language: &Language, frames: &[(&str, &str)]) -> Option<usize>
     first(Origin::Program)
         .or_else(|| first(Origin::Spawner))
         .or_else(|| {
+            // The entry: a named frame, not a spawner and not a bare address.
             let library = |(index, (function, _)): (usize, &(&str, &str))| {
-                (origins[index] == Origin::Library && !function.starts_with(CREATED_BY))
-                    .then_some(index)
+                let entry = !function.starts_with(CREATED_BY) && !function.starts_with("0x");
+                (origins[index] == Origin::Library && entry).then_some(index)
             };
             frames.iter().enumerate().rev().find_map(library)
         })
@@ -538,6 +539,12 @@ mod tests {
         ];
         assert_eq!(site_index(&rust, &stack), Some(4));
         assert_eq!(site_index(&rust, &stack[..4]), Some(3), "a library frame");
+        let unnamed_root = [stack[0], stack[3], ("0x7f3a2b", "")];
+        assert_eq!(
+            site_index(&rust, &unnamed_root),
+            Some(1),
+            "named, not an address"
+        );
         let only_spawner = [stack[0], stack[5]];
         assert_eq!(site_index(&rust, &only_spawner), Some(1));
         assert_eq!(site_index(&rust, &stack[..3]), None);

@@ -66,7 +66,7 @@ pub struct Finding {
     pub retained: f64,
     /// Seconds after the scan's (or watch's) first sample at which the site was first seen.
     pub first_seen_seconds: f64,
-    /// `1 - p` of the trend tests.
+    /// `1 - p` of the trend tests (for a ratchet, of the Mann-Kendall test on the whole series).
     pub confidence: f64,
     /// For tasks, where they were spawned (`function file:line`), when the profile says.
     pub spawned_by: Option<String>,
