@@ -15,6 +15,7 @@ use crate::config::{Config, LeakSettings};
 use crate::detector::watch::{self, LeakWatch};
 use crate::leaks::Leaks;
 use crate::leaks::benign::WarmupCache;
+use crate::process::MemoryGauge;
 use crate::profiling::Profilers;
 use crate::telemetry::TelemetryGuard;
 use crate::telemetry::metrics::instrument;
@@ -32,9 +33,14 @@ pub struct AppState {
     pub profilers: Arc<Profilers>,
     /// The continuous leak watch behind `/leak-report`.
     pub watch: Arc<LeakWatch>,
+    /// The process's memory figures, cached for `/leak-test`.
+    pub memory: MemoryGauge,
     /// Cancelled at shutdown; background work started on request hangs off it.
     pub shutdown: CancellationToken,
 }
+
+/// How old `/leak-test`'s memory figures may be.
+pub const MEMORY_MAX_AGE: Duration = Duration::from_millis(100);
 
 impl AppState {
     /// The state of a fresh application whose background work stops when `shutdown` is cancelled.
@@ -48,6 +54,7 @@ impl AppState {
             benign: WarmupCache::default(),
             profilers: Arc::new(Profilers::start(shutdown)),
             watch: Arc::new(LeakWatch::new(watch_interval)),
+            memory: MemoryGauge::new(MEMORY_MAX_AGE),
             shutdown: shutdown.clone(),
         }
     }

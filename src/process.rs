@@ -4,6 +4,8 @@
 //! debug level, because a status page must not break when, say, `/proc` is not mounted.
 
 use std::ffi::CStr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tikv_jemalloc_ctl::{epoch, stats};
 
@@ -28,6 +30,56 @@ pub fn memory_stats() -> MemoryStats {
         rss_bytes: rss_bytes().unwrap_or(0),
         heap_allocated_bytes: stats::allocated::read().map_or(0, |n| n as u64),
         heap_resident_bytes: stats::resident::read().map_or(0, |n| n as u64),
+    }
+}
+
+/// Memory figures for an endpoint polled in a loop: read at most once per `max_age` and served
+/// from a cache in between. Advancing jemalloc's epoch merges every arena's statistics and
+/// reading `/proc/self/status` is a file read and a parse: done per request, they were most of
+/// `/leak-test`'s cost.
+pub struct MemoryGauge {
+    max_age: Duration,
+    latest: Mutex<Option<(Instant, MemoryStats)>>,
+}
+
+/// Memory figures and how old they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReading {
+    /// The figures.
+    pub stats: MemoryStats,
+    /// Time since they were read.
+    pub age: Duration,
+}
+
+impl MemoryGauge {
+    /// A gauge whose figures are at most `max_age` old.
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            latest: Mutex::new(None),
+        }
+    }
+
+    /// The figures: the cached ones while they are younger than `max_age`, else fresh ones. A
+    /// caller that finds them stale reads them again while holding the lock (tens of
+    /// microseconds), so concurrent callers never read them twice.
+    pub fn read(&self) -> MemoryReading {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let (read_at, stats) = match *latest {
+            Some((read_at, stats)) if now.duration_since(read_at) < self.max_age => {
+                (read_at, stats)
+            }
+            _ => {
+                let fresh = (Instant::now(), memory_stats());
+                *latest = Some(fresh);
+                fresh
+            }
+        };
+        MemoryReading {
+            stats,
+            age: now.saturating_duration_since(read_at),
+        }
     }
 }
 
@@ -87,5 +139,23 @@ mod tests {
     #[test]
     fn this_process_has_a_resident_set() {
         assert!(rss_bytes().is_some_and(|rss| rss > 0));
+    }
+
+    #[test]
+    fn the_gauge_serves_cached_figures_until_they_are_too_old() {
+        let gauge = MemoryGauge::new(Duration::from_millis(200));
+        let first = gauge.read();
+        assert_eq!(first.age, Duration::ZERO, "the first read is fresh");
+        std::thread::sleep(Duration::from_millis(20));
+        let cached = gauge.read();
+        assert_eq!(
+            cached.stats, first.stats,
+            "within max_age: the same figures"
+        );
+        assert!(cached.age >= Duration::from_millis(20), "{cached:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        let fresh = gauge.read();
+        assert_eq!(fresh.age, Duration::ZERO, "past max_age: read again");
+        assert!(fresh.stats.rss_bytes > 0);
     }
 }

@@ -11,7 +11,6 @@ use super::error::ErrorBody;
 use crate::app::AppState;
 use crate::leaks::safe::run_safe_channel_tasks;
 use crate::leaks::{LeakKind, LeakStatus};
-use crate::process::memory_stats;
 
 /// How long a safe task waits to send before it gives up.
 const SAFE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +82,9 @@ pub struct ProcessState {
     pub heap_resident_bytes: u64,
     /// Tokio tasks alive, blocked ones included.
     pub alive_tasks: u64,
+    /// How old the memory figures above are, in milliseconds: they are read at most every
+    /// 100 ms and cached in between, so polling this endpoint costs almost nothing.
+    pub memory_age_ms: u64,
 }
 
 /// How the leaks grow.
@@ -152,11 +154,13 @@ impl StatusApi {
     /// Report the leaks
     ///
     /// For each leak: whether it is active or capped, and the bytes and chunks it retains. For the
-    /// process: RSS, jemalloc's allocated and resident bytes, and the number of alive tasks.
+    /// process: RSS, jemalloc's allocated and resident bytes (at most 100 ms old, with their age),
+    /// and the number of alive tasks.
     #[oai(path = "/leak-test", method = "get")]
     async fn leak_test(&self) -> Json<LeakReport> {
         let leaks = &self.state.leaks;
-        let memory = memory_stats();
+        let reading = self.state.memory.read();
+        let memory = reading.stats;
         let settings = leaks.settings();
         Json(LeakReport {
             leaks: LeakStates {
@@ -171,6 +175,7 @@ impl StatusApi {
                 alive_tasks: tokio::runtime::Handle::current()
                     .metrics()
                     .num_alive_tasks() as u64,
+                memory_age_ms: reading.age.as_millis() as u64,
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

@@ -32,6 +32,10 @@ async fn health_and_leak_report_have_their_shape() {
     assert!(num(&report, "process/heap_allocated_bytes") > 0);
     assert!(num(&report, "process/heap_resident_bytes") > 0);
     assert!(num(&report, "process/alive_tasks") >= 1);
+    assert!(
+        num(&report, "process/memory_age_ms") <= 100,
+        "memory figures are at most 100 ms old: {report}"
+    );
     assert_eq!(num(&report, "settings/chunk_bytes"), 262_144);
     assert_eq!(num(&report, "settings/interval_ms"), 5);
     assert_eq!(num(&report, "settings/max_bytes"), 268_435_456);

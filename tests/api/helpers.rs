@@ -10,6 +10,10 @@ use serde_json::Value;
 /// The binary under test, built by cargo in the same profile as this test.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_leakfinder");
 
+/// Longer than `/leak-test` caches its memory figures (100 ms): an answer fetched after this
+/// wait has memory figures read after anything that happened before it.
+pub const MEMORY_FRESH: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A running service.
 pub struct TestApp {
     pub base: String,
