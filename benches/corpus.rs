@@ -22,11 +22,11 @@ mod helpers;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use helpers::{BINARY, start_listening};
+use helpers::{BINARY, start_listening, twin_leaks};
 use serde_json::Value;
 
 /// Recall the corpus must reach: Go 1.26's own detector found 96% of a comparable corpus.
@@ -113,6 +113,7 @@ fn build_go_corpus() -> PathBuf {
     let out = root().join("target/gocorpus");
     let status = Command::new("go")
         .env("GOEXPERIMENT", "goroutineleakprofile")
+        .env("GOTOOLCHAIN", "local")
         .args(["build", "-o"])
         .arg(format!("{}/", out.display()))
         .arg("./...")
@@ -182,22 +183,13 @@ fn tokio_cases() -> Vec<Case> {
             .unwrap();
         assert!(status.success(), "the tokio twins build");
     }
-    let source = std::fs::read_to_string(root().join("examples/tokio_twins.rs")).unwrap();
     let mut leaks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut function = String::new();
-    for line in source.lines() {
-        if let Some(rest) = line.trim_start().strip_prefix("async fn ") {
-            function = rest.split('(').next().unwrap().to_owned();
-        }
-        if let Some((code, name)) = line.split_once("// twin-leak: ")
-            && !code.trim_start().starts_with("//")
-        {
-            let twin = name.trim().split('-').next().unwrap().to_owned();
-            leaks
-                .entry(format!("tokio {twin}"))
-                .or_default()
-                .push(format!("tokio_twins::{function}"));
-        }
+    for (name, function, _) in twin_leaks() {
+        let twin = name.split('-').next().unwrap().to_owned();
+        leaks
+            .entry(format!("tokio {twin}"))
+            .or_default()
+            .push(format!("tokio_twins::{function}"));
     }
     let case = |variant: Variant, arg: &str, leaks: Vec<(String, Vec<String>)>| Case {
         name: "tokio_twins".into(),
@@ -222,18 +214,9 @@ fn names(function: &str, wanted: &str) -> bool {
             .is_some_and(|rest| rest.starts_with("::"))
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run(case: Case) -> Verdict {
-    let (child, url) = start_listening(Command::new(&case.program).args(&case.args));
-    let _target = Running(child);
+    let target = start_listening(Command::new(&case.program).args(&case.args));
+    let url = target.url.clone();
     let out = std::env::temp_dir().join(format!(
         "leakfinder-corpus-{}-{}",
         std::process::id(),

@@ -313,7 +313,10 @@ pub fn floor(points: &[Point]) -> Vec<f64> {
 
 /// The times at which a series' floor rises.
 pub fn floor_steps(points: &[Point]) -> Vec<f64> {
-    let floor = floor(points);
+    steps_of(points, &floor(points))
+}
+
+fn steps_of(points: &[Point], floor: &[f64]) -> Vec<f64> {
     (1..points.len())
         .filter(|&index| floor[index] > floor[index - 1])
         .map(|index| points[index].t)
@@ -342,7 +345,7 @@ pub fn ratchet(points: &[Point], thresholds: &Thresholds) -> Option<Ratchet> {
     let (first, last) = (points[0], points[points.len() - 1]);
     let floor = floor(points);
     let rise = floor[floor.len() - 1] - floor[0];
-    let steps = floor_steps(points);
+    let steps = steps_of(points, &floor);
     if steps.len() < wanted.steps.max(2)
         || rise < wanted.rise
         || drops(points) > RATCHET_GIVE_BACK * rise

@@ -253,10 +253,7 @@ fn rust_crate(function: &str) -> &str {
 /// The crate a dependency's source file is in (`tokio-1.54.1/src/...`, or a path through a
 /// cargo registry), or `None` for the program's own files.
 fn rust_file_crate(file: &str) -> Option<&str> {
-    let path = match file.find("/registry/src/") {
-        Some(index) => file[index + "/registry/src/".len()..].split_once('/')?.1,
-        None => file,
-    };
+    let path = crate::profiling::symbols::registry_package_path(file).unwrap_or(file);
     let first = path.split('/').next()?;
     let (name, version) = first.rsplit_once('-')?;
     let semver = version.split('.').count() >= 3
@@ -277,6 +274,7 @@ fn rust_origin(function: &str, file: &str) -> Origin {
         };
     }
     let crate_name = rust_crate(function);
+    let file_crate = rust_file_crate(file);
     // System libraries (`libc.so.6+0x891f4`, from `/lib/x86_64-linux-gnu/libc.so.6`): the
     // thread start-up below every stack.
     let shared_library = file.ends_with(".so")
@@ -286,11 +284,10 @@ fn rust_origin(function: &str, file: &str) -> Origin {
     let runtime = shared_library
         || RUST_RUNTIME.contains(&crate_name)
         || crate::profiling::heap::is_allocator(function, file)
-        || rust_file_crate(file)
-            .is_some_and(|name| RUST_RUNTIME.contains(&name.replace('-', "_").as_str()));
+        || file_crate.is_some_and(|name| RUST_RUNTIME.contains(&name.replace('-', "_").as_str()));
     if runtime {
         Origin::Runtime
-    } else if rust_file_crate(file).is_some() || file.contains("/.cargo/git/") {
+    } else if file_crate.is_some() || file.contains("/.cargo/git/") {
         Origin::Library
     } else if file.is_empty() && function.starts_with("0x") {
         // An address nothing could name: below any named frame.
@@ -300,26 +297,59 @@ fn rust_origin(function: &str, file: &str) -> Origin {
     }
 }
 
-/// Which frame of a stack (leaf first, `(function, file)`) is its site: the leaf-most program
-/// frame; else a `created by` frame naming the program; else the root-most library frame (the
-/// goroutine's or task's entry); `None` when every frame is runtime.
-pub fn site_index(language: &Language, frames: &[(&str, &str)]) -> Option<usize> {
-    let origins: Vec<Origin> = frames
-        .iter()
-        .map(|(function, file)| language.origin(function, file))
-        .collect();
-    let first = |wanted: Origin| origins.iter().position(|&origin| origin == wanted);
-    first(Origin::Program)
-        .or_else(|| first(Origin::Spawner))
-        .or_else(|| {
-            // The entry: a named frame, not a spawner and not a bare address.
-            let library = |(index, (function, _)): (usize, &(&str, &str))| {
-                let entry = !function.starts_with(CREATED_BY) && !function.starts_with("0x");
-                (origins[index] == Origin::Library && entry).then_some(index)
-            };
-            frames.iter().enumerate().rev().find_map(library)
-        })
-        .or_else(|| first(Origin::Library))
+/// A stack (leaf first, `(function, file)`) with every frame placed, once.
+pub struct Placed<'a> {
+    frames: &'a [(&'a str, &'a str)],
+    origins: Vec<Origin>,
+}
+
+impl<'a> Placed<'a> {
+    /// Places each frame of `frames`.
+    pub fn new(language: &Language, frames: &'a [(&'a str, &'a str)]) -> Self {
+        let origins = frames
+            .iter()
+            .map(|(function, file)| language.origin(function, file))
+            .collect();
+        Self { frames, origins }
+    }
+
+    fn first(&self, wanted: Origin) -> Option<usize> {
+        self.origins.iter().position(|&origin| origin == wanted)
+    }
+
+    /// Which frame is the stack's site: the leaf-most program frame; else a `created by` frame
+    /// naming the program; else the root-most library frame (the goroutine's or task's entry);
+    /// `None` when every frame is runtime.
+    pub fn site(&self) -> Option<usize> {
+        self.first(Origin::Program)
+            .or_else(|| self.first(Origin::Spawner))
+            .or_else(|| {
+                // The entry: a named frame, not a spawner and not a bare address.
+                (0..self.frames.len()).rev().find(|&index| {
+                    let function = self.frames[index].0;
+                    self.origins[index] == Origin::Library
+                        && !function.starts_with(CREATED_BY)
+                        && !function.starts_with("0x")
+                })
+            })
+            .or_else(|| self.first(Origin::Library))
+    }
+
+    /// The manifestation the stack belongs to, so a leak split over sibling sites can be added
+    /// up: the task's spawner when the stack ends in a `created by` frame of the program, else
+    /// the root-most program function without its closure suffixes (siblings
+    /// `main.fanout.func1` and `main.fanout.func2` both belong to `main.fanout`). Empty when
+    /// the stack has no program code.
+    pub fn family(&self) -> String {
+        if self.origins.last() == Some(&Origin::Spawner) {
+            return enclosing_function(self.frames[self.frames.len() - 1].0).to_owned();
+        }
+        (0..self.frames.len())
+            .rev()
+            .find(|&index| self.origins[index] == Origin::Program)
+            .map(|index| enclosing_function(self.frames[index].0).to_owned())
+            .unwrap_or_default()
+    }
 }
 
 /// A function's name without its closure suffixes: Go's `.func2.3` and `.gowrap1`, Rust's
@@ -347,25 +377,6 @@ pub fn enclosing_function(function: &str) -> &str {
 
 fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.chars().all(|c| c.is_ascii_digit())
-}
-
-/// The manifestation a stack belongs to, so a leak split over sibling sites can be added up:
-/// the task's spawner when the stack ends in a `created by` frame, else the root-most program
-/// function without its closure suffixes (siblings `main.fanout.func1` and `main.fanout.func2`
-/// both belong to `main.fanout`). Empty when the stack has no program code.
-pub fn family(language: &Language, frames: &[(&str, &str)]) -> String {
-    if let Some((function, file)) = frames.last()
-        && function.starts_with(CREATED_BY)
-        && language.origin(function, file) == Origin::Spawner
-    {
-        return enclosing_function(function).to_owned();
-    }
-    frames
-        .iter()
-        .rev()
-        .find(|(function, file)| language.origin(function, file) == Origin::Program)
-        .map(|(function, _)| enclosing_function(function).to_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -419,20 +430,20 @@ mod tests {
             ("main.(*store).get", "/app/store.go"),
             ("runtime.goexit", proc.as_str()),
         ];
-        assert_eq!(site_index(&go(), &stack), Some(4));
+        assert_eq!(Placed::new(&go(), &stack).site(), Some(4));
         // `sync.runtime_SemacquireWaitGroup` lives in runtime/sema.go: placed by its file.
         let wait = [
             ("sync.runtime_SemacquireWaitGroup", sema.as_str()),
             ("sync.(*WaitGroup).Wait", waitgroup.as_str()),
             ("main.collect", "/app/main.go"),
         ];
-        assert_eq!(site_index(&go(), &wait), Some(2));
+        assert_eq!(Placed::new(&go(), &wait).site(), Some(2));
         let cond = [
             ("sync.runtime_notifyListWait", sema.as_str()),
             ("sync.(*Cond).Wait", cond_file.as_str()),
             ("main.consume", "/app/main.go"),
         ];
-        assert_eq!(site_index(&go(), &cond), Some(2));
+        assert_eq!(Placed::new(&go(), &cond).site(), Some(2));
     }
 
     #[test]
@@ -498,7 +509,7 @@ mod tests {
             ("runtime.goexit", std("runtime/asm_amd64.s")),
         ];
         let stack: Vec<(&str, &str)> = stack.iter().map(|(f, p)| (*f, p.as_str())).collect();
-        assert_eq!(site_index(&go(), &stack), Some(3));
+        assert_eq!(Placed::new(&go(), &stack).site(), Some(3));
     }
 
     #[test]
@@ -510,7 +521,7 @@ mod tests {
             ("runtime.systemstack", std("runtime/asm_amd64.s")),
         ];
         let stack: Vec<(&str, &str)> = stack.iter().map(|(f, p)| (*f, p.as_str())).collect();
-        assert_eq!(site_index(&go(), &stack), None);
+        assert_eq!(Placed::new(&go(), &stack).site(), None);
         assert_eq!(go().runtime_site(), RUNTIME_GOROUTINES);
     }
 
@@ -537,17 +548,21 @@ mod tests {
             ("app::jobs::run::{{closure}}", "src/jobs.rs"),
             ("created by app::jobs::start", "src/jobs.rs"),
         ];
-        assert_eq!(site_index(&rust, &stack), Some(4));
-        assert_eq!(site_index(&rust, &stack[..4]), Some(3), "a library frame");
+        assert_eq!(Placed::new(&rust, &stack).site(), Some(4));
+        assert_eq!(
+            Placed::new(&rust, &stack[..4]).site(),
+            Some(3),
+            "a library frame"
+        );
         let unnamed_root = [stack[0], stack[3], ("0x7f3a2b", "")];
         assert_eq!(
-            site_index(&rust, &unnamed_root),
+            Placed::new(&rust, &unnamed_root).site(),
             Some(1),
             "named, not an address"
         );
         let only_spawner = [stack[0], stack[5]];
-        assert_eq!(site_index(&rust, &only_spawner), Some(1));
-        assert_eq!(site_index(&rust, &stack[..3]), None);
+        assert_eq!(Placed::new(&rust, &only_spawner).site(), Some(1));
+        assert_eq!(Placed::new(&rust, &stack[..3]).site(), None);
         assert_eq!(rust.origin("__rust_alloc", ""), Origin::Runtime);
         assert_eq!(
             rust.origin("libc.so.6+0x891f4", "/lib/x86_64-linux-gnu/libc.so.6"),
@@ -599,9 +614,15 @@ mod tests {
             ("main.poller", "/app/main.go"),
             ("runtime.goexit", proc.as_str()),
         ];
-        assert_eq!(family(&go(), &send), "main.fanout");
-        assert_eq!(family(&go(), &send), family(&go(), &recv));
-        assert_ne!(family(&go(), &send), family(&go(), &other));
+        assert_eq!(Placed::new(&go(), &send).family(), "main.fanout");
+        assert_eq!(
+            Placed::new(&go(), &send).family(),
+            Placed::new(&go(), &recv).family()
+        );
+        assert_ne!(
+            Placed::new(&go(), &send).family(),
+            Placed::new(&go(), &other).family()
+        );
         let rust = [
             (
                 "tokio::sync::notify::Notified::poll",
@@ -610,6 +631,6 @@ mod tests {
             ("app::a::{{closure}}", "src/a.rs"),
             ("created by app::start", "src/a.rs"),
         ];
-        assert_eq!(family(&Language::Rust, &rust), "app::start");
+        assert_eq!(Placed::new(&Language::Rust, &rust).family(), "app::start");
     }
 }

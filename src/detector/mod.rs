@@ -181,17 +181,9 @@ impl Detector {
         let mut findings = Vec::new();
         let mut unfound: Vec<Watched<'_>> = Vec::new();
         for (key, series) in &self.series {
-            let thresholds = thresholds(key.0);
-            match analysis::assess(&series.points, &thresholds) {
-                Verdict::Leak(trend) => {
-                    findings.push(self.finding(key, series, Found::trend(trend)))
-                }
-                Verdict::Quiet(_) => match analysis::ratchet(&series.points, &thresholds) {
-                    Some(ratchet) => {
-                        findings.push(self.finding(key, series, Found::ratchet(ratchet)));
-                    }
-                    None => unfound.push((key, series)),
-                },
+            match Found::test(&series.points, &thresholds(key.0)) {
+                Some(found) => findings.push(self.finding(key, series, found)),
+                None => unfound.push((key, series)),
             }
         }
         findings.extend(self.sibling_findings(&unfound));
@@ -200,11 +192,13 @@ impl Detector {
         findings
     }
 
-    /// Leaks split over sibling sites: sites of one family (see [`frames::family`]) whose counts
+    /// Leaks split over sibling sites: sites of one family (see [`frames::Placed::family`]) whose counts
     /// never come down and rise at the same profiles, added up and tested as one series (a
     /// ratchet of two steps will do: each step is seen at two sites at once).
     fn sibling_findings(&self, unfound: &[Watched<'_>]) -> Vec<Finding> {
-        let mut families: BTreeMap<(ProfileKind, &str), Vec<Watched<'_>>> = BTreeMap::new();
+        // Per family, its members that never came down, with the times their floor rose.
+        type Member<'a> = (Watched<'a>, Vec<f64>);
+        let mut families: BTreeMap<(ProfileKind, &str), Vec<Member<'_>>> = BTreeMap::new();
         for &(key, series) in unfound {
             let steps = analysis::floor_steps(&series.points);
             if series.family.is_empty() || steps.is_empty() || analysis::drops(&series.points) > 0.0
@@ -214,27 +208,20 @@ impl Detector {
             families
                 .entry((key.0, series.family.as_str()))
                 .or_default()
-                .push((key, series));
+                .push(((key, series), steps));
         }
         let mut findings = Vec::new();
         for ((kind, _), mut members) in families {
             // One profile's interval, and a little more.
             let tolerance = 1.5 * self.interval(kind);
             // Largest first: it names the leak; the others join when they step together.
-            members.sort_by(|a, b| {
-                let last = |series: &Series| series.points.last().map_or(0.0, |p| p.value);
-                last(b.1).total_cmp(&last(a.1))
-            });
-            let lead_steps = analysis::floor_steps(&members[0].1.points);
-            let together: Vec<_> = members
+            let last = |series: &Series| series.points.last().map_or(0.0, |p| p.value);
+            members.sort_by(|a, b| last(b.0.1).total_cmp(&last(a.0.1)));
+            let lead_steps = &members[0].1;
+            let together: Vec<Watched<'_>> = members
                 .iter()
-                .filter(|(_, series)| {
-                    steps_align(
-                        &lead_steps,
-                        &analysis::floor_steps(&series.points),
-                        tolerance,
-                    )
-                })
+                .filter(|(_, steps)| steps_align(lead_steps, steps, tolerance))
+                .map(|&(watched, _)| watched)
                 .collect();
             if together.len() < 2 {
                 continue;
@@ -258,12 +245,8 @@ impl Detector {
             if let Some(ratchet) = &mut thresholds.ratchet {
                 ratchet.steps = 2;
             }
-            let found = match analysis::assess(&points, &thresholds) {
-                Verdict::Leak(trend) => Found::trend(trend),
-                Verdict::Quiet(_) => match analysis::ratchet(&points, &thresholds) {
-                    Some(ratchet) => Found::ratchet(ratchet),
-                    None => continue,
-                },
+            let Some(found) = Found::test(&points, &thresholds) else {
+                continue;
             };
             let (key, lead) = together[0];
             let mut finding = self.finding(key, lead, found);
@@ -344,6 +327,14 @@ struct Found {
 }
 
 impl Found {
+    /// The trend test, then the ratchet: what the first that finds a leak found.
+    fn test(points: &[Point], thresholds: &Thresholds) -> Option<Self> {
+        match analysis::assess(points, thresholds) {
+            Verdict::Leak(trend) => Some(Self::trend(trend)),
+            Verdict::Quiet(_) => analysis::ratchet(points, thresholds).map(Self::ratchet),
+        }
+    }
+
     fn trend(trend: analysis::Trend) -> Self {
         Self {
             rate: trend.rate,

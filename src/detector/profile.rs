@@ -3,7 +3,7 @@
 //! A site is the leaf-most frame in the program's own code (see [`super::frames`]), as
 //! function + file:line; a stack of runtime frames only is one site of its own. The full stack of
 //! the sample that retains the most there is kept as evidence, with the manifestation it belongs
-//! to (its [`family`](super::frames::family)). Malformed profiles (dangling ids,
+//! to (its [`family`](super::frames::Placed::family)). Malformed profiles (dangling ids,
 //! string indices out of range) are read as far as they make sense: this never panics.
 
 use std::collections::BTreeMap;
@@ -156,7 +156,8 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
             .iter()
             .map(|(function, file, _)| (*function, *file))
             .collect();
-        let chosen = frames::site_index(&language, &placed);
+        let placed = frames::Placed::new(&language, &placed);
+        let chosen = placed.site();
         let site = match chosen {
             Some(index) => Site {
                 function: frames[index].0.to_owned(),
@@ -176,7 +177,7 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         retained.value += value;
         if value > retained.largest {
             retained.largest = value;
-            retained.family = frames::family(&language, &placed);
+            retained.family = placed.family();
             retained.stack = frames
                 .iter()
                 .map(|(function, file, line)| format!("{function} {file}:{line}"))

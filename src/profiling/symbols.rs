@@ -330,13 +330,15 @@ pub fn source_path(path: &str) -> String {
     if let Some(relative) = path.strip_prefix(CRATE_ROOT) {
         return relative.to_owned();
     }
-    if let Some(index) = path.find("/registry/src/") {
-        let rest = &path[index + "/registry/src/".len()..];
-        if let Some((_, package_path)) = rest.split_once('/') {
-            return package_path.to_owned();
-        }
-    }
-    path.to_owned()
+    registry_package_path(path).unwrap_or(path).to_owned()
+}
+
+/// A path inside a cargo registry's source tree, from its package directory
+/// (`tokio-1.54.1/src/...`); `None` for a path outside any registry.
+pub fn registry_package_path(path: &str) -> Option<&str> {
+    let index = path.find("/registry/src/")?;
+    let rest = &path[index + "/registry/src/".len()..];
+    rest.split_once('/').map(|(_, package_path)| package_path)
 }
 
 #[cfg(test)]

@@ -178,22 +178,21 @@ pub fn flag(report: &Value, path: &str) -> bool {
         .unwrap_or_else(|| panic!("{path} is a boolean in {report}"))
 }
 
-/// A Go fixture from `tests/fixtures/NAME`, built with the local toolchain and running; killed on
-/// drop. It prints `listening on ADDR` first.
-pub struct GoTarget {
+/// A fixture process that printed `listening on ADDR`, serving at `url`; killed on drop.
+pub struct Listening {
     child: Child,
     pub url: String,
 }
 
-impl Drop for GoTarget {
+impl Drop for Listening {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Builds and starts the Go fixture `name` with `args`.
-pub fn start_go(name: &str, args: &[&str]) -> GoTarget {
+/// Builds the Go fixture `tests/fixtures/NAME` with the local toolchain and starts it with `args`.
+pub fn start_go(name: &str, args: &[&str]) -> Listening {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -212,12 +211,11 @@ pub fn start_go(name: &str, args: &[&str]) -> GoTarget {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let (child, url) = start_listening(Command::new(&binary).args(args));
-    GoTarget { child, url }
+    start_listening(Command::new(&binary).args(args))
 }
 
-/// Starts a fixture that prints `listening on ADDR` first; returns it and its base URL.
-pub fn start_listening(command: &mut Command) -> (Child, String) {
+/// Starts a fixture that prints `listening on ADDR` first.
+pub fn start_listening(command: &mut Command) -> Listening {
     let mut child = command
         .stdout(Stdio::piped())
         .spawn()
@@ -231,5 +229,30 @@ pub fn start_listening(command: &mut Command) -> (Child, String) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("{command:?} prints its address first: {line:?}"))
         .to_owned();
-    (child, format!("http://{addr}"))
+    Listening {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// Each `// twin-leak: NAME` marker in `examples/tokio_twins.rs`: its name, the async function it
+/// is in, and its line.
+pub fn twin_leaks() -> Vec<(String, String, i64)> {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tokio_twins.rs"),
+    )
+    .unwrap();
+    let mut function = String::new();
+    let mut leaks = Vec::new();
+    for (index, line) in source.lines().enumerate() {
+        if let Some(rest) = line.trim_start().strip_prefix("async fn ") {
+            function = rest.split('(').next().unwrap().to_owned();
+        }
+        if let Some((code, name)) = line.split_once("// twin-leak: ")
+            && !code.trim_start().starts_with("//")
+        {
+            leaks.push((name.trim().to_owned(), function.clone(), index as i64 + 1));
+        }
+    }
+    leaks
 }

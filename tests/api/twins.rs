@@ -2,10 +2,10 @@
 //! leaky twin at its function and the line of its await, and stays quiet on every fixed twin.
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 
 use crate::detector::scan;
-use crate::helpers::start_listening;
+use crate::helpers::{start_listening, twin_leaks};
 
 /// The example binary, built by `cargo test` beside this test's own binary.
 fn example(name: &str) -> PathBuf {
@@ -17,41 +17,9 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-struct Twins {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Twins {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_twins() -> Twins {
-    let (child, url) = start_listening(Command::new(example("tokio_twins")).arg("both"));
-    Twins { child, url }
-}
-
-/// Each `// twin-leak: NAME` marker in the example: the function it is in, and its line.
+/// Each twin-leak marker; the test expects six.
 fn expected_leaks() -> Vec<(String, String, i64)> {
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tokio_twins.rs"),
-    )
-    .unwrap();
-    let mut function = String::new();
-    let mut leaks = Vec::new();
-    for (index, line) in source.lines().enumerate() {
-        if let Some(rest) = line.trim_start().strip_prefix("async fn ") {
-            function = rest.split('(').next().unwrap().to_owned();
-        }
-        if let Some((code, name)) = line.split_once("// twin-leak: ")
-            && !code.trim_start().starts_with("//")
-        {
-            leaks.push((name.trim().to_owned(), function.clone(), index as i64 + 1));
-        }
-    }
+    let leaks = twin_leaks();
     assert_eq!(
         leaks.len(),
         6,
@@ -62,7 +30,7 @@ fn expected_leaks() -> Vec<(String, String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_leaky_tokio_twin_is_found_at_its_await_and_no_fixed_twin_is() {
-    let twins = start_twins();
+    let twins = start_listening(Command::new(example("tokio_twins")).arg("both"));
     let scan = scan(&twins.url, "20s").await;
     assert_eq!(scan.code, 1, "leaks found: {}", scan.stderr);
     let tasks: Vec<&serde_json::Value> = scan
