@@ -52,11 +52,6 @@ fn main() -> ExitCode {
         std::io::stdout,
     ))
     .expect("no other subscriber is installed before main sets this one");
-    // Before any other thread exists: see `cpu::warm_up`.
-    match leakfinder::profiling::cpu::warm_up() {
-        Ok(took) => tracing::debug!(?took, "CPU profiler warmed up"),
-        Err(error) => tracing::warn!(%error, "CPU profiling may be unavailable"),
-    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -149,7 +149,7 @@ code{background:#f4f4f4;padding:0 .2em}</style></head>
 bytes and <code>inuse_objects</code>. Allocator frames are trimmed, so flat bytes land on the code
 that allocated.</td><td>none</td></tr>
 <tr><td><a href="profile?seconds=5">profile</a></td>
-<td>CPU profile (pprof-rs, 99 Hz). Overlapping requests share the one sampler's windows.</td>
+<td>CPU profile (99 Hz). Overlapping requests share the one sampler's windows.</td>
 <td><code>seconds</code>: 1 to 60, default 30</td></tr>
 <tr><td><a href="goroutine?debug=1">goroutine</a></td>
 <td>Tokio tasks, as Go's goroutine profile: one sample per distinct stack, its value the number

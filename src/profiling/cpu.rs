@@ -1,28 +1,28 @@
-//! The one CPU sampler of the process (pprof-rs with the framehop unwinder), shared by every
-//! consumer: the pull endpoint, and the continuous push.
+//! The one CPU sampler of the process, shared by every consumer: the pull endpoint, and the
+//! continuous push.
 //!
-//! Only one SIGPROF handler can exist in a process, so there is exactly one sampler. It runs on
-//! its own thread only while someone wants samples, in rolling windows of [`WINDOW`]: each window
-//! is published to every subscriber, so two pull requests that overlap share windows (a merged
-//! answer) instead of fighting over the signal. Addresses stay raw here; consumers symbolise them
-//! with the shared symboliser, never through pprof-rs's `backtrace` cache.
+//! Only one SIGPROF handler can exist in a process ([`super::sigprof`]), so there is exactly one
+//! sampler. It runs on its own thread only while someone wants samples, in rolling windows of
+//! [`WINDOW`]: each window is published to every subscriber, so two pull requests that overlap
+//! share windows (a merged answer) instead of fighting over the signal. The handler's ring exists
+//! only while sampling. Addresses stay raw here; consumers symbolise them with the shared
+//! symboliser.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use pprof::ProfilerGuardBuilder;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::ProfilingError;
 use super::jemalloc::UnsampledThread;
 use super::pprof::{Frame, Profile, ProfileBuilder, StackEntry};
+use super::sigprof::Session;
 use super::symbols::caller;
 
 /// Samples per second of CPU time, as Go's default (100 Hz, off by one to avoid lockstep).
-pub const FREQUENCY_HZ: i32 = 99;
+pub const FREQUENCY_HZ: u32 = 99;
 /// The length of one rolling window.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
@@ -139,40 +139,33 @@ impl CpuSampler {
     }
 }
 
-/// How long the sampler keeps running after the last consumer left: starting pprof-rs is costly
-/// (see [`start_profiler`]), so back-to-back pull requests share one running sampler.
+/// How long the sampler keeps running after the last consumer left, so back-to-back pull
+/// requests share one session (and its windows) instead of each starting its own.
 const LINGER: Duration = Duration::from_secs(60);
-/// How long one pprof-rs run lasts at most before it is restarted, which bounds the overflow file
-/// pprof-rs keeps for stacks evicted from its table.
-const MAX_RUN: Duration = Duration::from_secs(600);
-
-/// A sampled stack's identity across cumulative snapshots.
-type StackKey = (Vec<u64>, u64);
-
-struct Run {
-    guard: pprof::ProfilerGuard<'static>,
-    started: Instant,
-    /// Cumulative counts at the end of the previous window.
-    previous: HashMap<StackKey, isize>,
-}
+/// How often the sampler thread drains the handler's ring within a window.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 fn sample_while_wanted(
     demand: &Demand,
     windows: &broadcast::Sender<Arc<CpuWindow>>,
     shutdown: &CancellationToken,
 ) {
-    // pprof-rs's own tables (~20 MiB) are machinery, not a leak: keep them out of the heap profile.
+    // The session's ring and the unwinder are machinery, not a leak: keep them out of the heap
+    // profile.
     let _unsampled = UnsampledThread::begin();
     let mut seq = 0;
-    let mut run: Option<Run> = None;
+    let mut session: Option<Session> = None;
     let mut last_wanted: Option<Instant> = None;
+    let mut warned = false;
+    let mut raw = Vec::new();
     while !shutdown.is_cancelled() {
         {
             let wanted = demand.wanted.lock().unwrap_or_else(PoisonError::into_inner);
             if *wanted > 0 {
                 last_wanted = Some(Instant::now());
             } else if last_wanted.is_none_or(|at| at.elapsed() >= LINGER) {
-                run = None;
+                // Nobody wants samples: stop the timer and free the ring.
+                session = None;
                 let _ = demand
                     .changed
                     .wait_timeout(wanted, Duration::from_millis(200))
@@ -180,169 +173,48 @@ fn sample_while_wanted(
                 continue;
             }
         }
-        if run
-            .as_ref()
-            .is_none_or(|run| run.started.elapsed() >= MAX_RUN)
-        {
-            drop(run.take()); // only one profiler may exist: stop the old one first
-            run = start_profiler();
-            if run.is_none() {
-                std::thread::sleep(WINDOW);
-                continue;
+        if session.is_none() {
+            match Session::start(FREQUENCY_HZ) {
+                Ok(started) => session = Some(started),
+                Err(error) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(%error, "cannot start CPU sampling");
+                    }
+                    std::thread::sleep(WINDOW);
+                    continue;
+                }
             }
         }
-        let Some(current) = run.as_mut() else {
+        let Some(current) = session.as_ref() else {
             continue;
         };
         let started = SystemTime::now();
         let clock = Instant::now();
+        let mut counts: HashMap<(Vec<u64>, String), i64> = HashMap::new();
         while clock.elapsed() < WINDOW && !shutdown.is_cancelled() {
-            std::thread::sleep(
-                Duration::from_millis(50).min(WINDOW.saturating_sub(clock.elapsed())),
-            );
-        }
-        match current.guard.report().build_unresolved() {
-            Ok(report) => {
-                let samples = window_samples(&report, &mut current.previous);
-                let window = CpuWindow {
-                    seq,
-                    started,
-                    duration: clock.elapsed(),
-                    samples,
-                };
-                seq += 1;
-                // No subscriber left is fine: it only means nobody wanted this window.
-                let _ = windows.send(Arc::new(window));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the CPU profiler's samples");
-                run = None;
+            std::thread::sleep(DRAIN_EVERY.min(WINDOW.saturating_sub(clock.elapsed())));
+            current.drain(&mut raw);
+            for sample in raw.drain(..) {
+                *counts.entry((sample.addresses, sample.thread)).or_default() += 1;
             }
         }
+        let window = CpuWindow {
+            seq,
+            started,
+            duration: clock.elapsed(),
+            samples: counts
+                .into_iter()
+                .map(|((addresses, thread), count)| CpuSample {
+                    addresses,
+                    count,
+                    thread,
+                })
+                .collect(),
+        };
+        seq += 1;
+        // No subscriber left is fine: it only means nobody wanted this window.
+        let _ = windows.send(Arc::new(window));
     }
-}
-
-/// Starts pprof-rs. Its `build` resolves one backtrace through the `backtrace` crate, which
-/// loads this binary's whole DWARF into a global cache (~70 MiB) and would keep it for good; the
-/// cache is cleared again at once, and the freed pages returned.
-fn start_profiler() -> Option<Run> {
-    let guard = ProfilerGuardBuilder::default()
-        .frequency(FREQUENCY_HZ)
-        .build();
-    backtrace::clear_symbol_cache();
-    crate::process::return_freed_memory();
-    match guard {
-        Ok(guard) => Some(Run {
-            guard,
-            started: Instant::now(),
-            previous: HashMap::new(),
-        }),
-        Err(error) => {
-            tracing::warn!(%error, "cannot start the CPU profiler");
-            None
-        }
-    }
-}
-
-/// The samples taken since the previous snapshot, from pprof-rs's cumulative counts.
-fn window_samples(
-    cumulative: &pprof::UnresolvedReport,
-    previous: &mut HashMap<StackKey, isize>,
-) -> Vec<CpuSample> {
-    let mut samples = Vec::new();
-    let mut now = HashMap::with_capacity(cumulative.data.len());
-    for (frames, &count) in &cumulative.data {
-        let addresses: Vec<u64> = frames.frames.iter().map(|frame| frame.ip as u64).collect();
-        let key = (addresses, frames.thread_id);
-        let new = count - previous.get(&key).copied().unwrap_or(0);
-        if new > 0 {
-            let name =
-                &frames.thread_name[..frames.thread_name_length.min(frames.thread_name.len())];
-            samples.push(CpuSample {
-                addresses: key.0.clone(),
-                count: new as i64,
-                thread: String::from_utf8_lossy(name).into_owned(),
-            });
-        }
-        now.insert(key, count);
-    }
-    *previous = now;
-    samples
-}
-
-/// Whether [`warm_up`] saw the first CPU samples, so that pprof-rs's unwinder is set up and later
-/// runs can take signals on any thread. Process-wide because that unwinder is: it lives in a
-/// pprof-rs static, set up once per process.
-static WARMED_UP: AtomicBool = AtomicBool::new(false);
-
-/// Whether CPU profiling may run in this process (see [`warm_up`]).
-pub fn warmed_up() -> bool {
-    WARMED_UP.load(Ordering::Acquire)
-}
-
-/// Starts and stops the sampler once, on the calling thread, before anything else runs.
-///
-/// pprof-rs sets its framehop unwinder up lazily, inside the SIGPROF handler, where it
-/// allocates. That is only safe if the interrupted thread holds no allocator lock, so the first
-/// signals are taken here, at start-up, while the only thread spins on arithmetic and allocates
-/// nothing (an allocation interrupted by that first signal would deadlock). If no signal arrives,
-/// CPU profiling stays off for the life of the process. Returns how long it took.
-pub fn warm_up() -> Result<Duration, ProfilingError> {
-    let _unsampled = UnsampledThread::begin();
-    let clock = Instant::now();
-    let guard = ProfilerGuardBuilder::default().frequency(1000).build();
-    // From here until the spin ends, nothing may allocate. SIGPROF follows CPU time, not wall
-    // time, so spin for CPU time: on a loaded machine a wall-clock spin may get none.
-    let spun_from = thread_cpu_time();
-    let mut spin = 0u64;
-    if guard.is_ok() {
-        while thread_cpu_time().saturating_sub(spun_from) < WARM_UP_CPU
-            && clock.elapsed() < WARM_UP_LIMIT
-        {
-            for i in 0..10_000u64 {
-                spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
-            }
-        }
-    }
-    let sampled = guard.as_ref().is_ok_and(|guard| {
-        guard
-            .report()
-            .build_unresolved()
-            .is_ok_and(|report| !report.data.is_empty())
-    });
-    let started = guard.map(drop);
-    backtrace::clear_symbol_cache();
-    crate::process::return_freed_memory();
-    match started {
-        Err(error) => Err(ProfilingError::Unavailable(error.to_string())),
-        Ok(()) if !sampled => Err(ProfilingError::Unavailable(
-            "no CPU sample arrived during warm-up".into(),
-        )),
-        Ok(()) => {
-            WARMED_UP.store(true, Ordering::Release);
-            Ok(clock.elapsed())
-        }
-    }
-}
-
-/// CPU time the warm-up spins for: at a 4 ms kernel tick, a dozen signals land in it.
-const WARM_UP_CPU: Duration = Duration::from_millis(50);
-/// Wall time the warm-up may take at most, however starved of CPU.
-const WARM_UP_LIMIT: Duration = Duration::from_secs(5);
-
-/// CPU time this thread has used. Reads a clock; allocates nothing.
-#[allow(unsafe_code)]
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` writes one `timespec` through a valid, exclusive pointer.
-    let code = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    if code != 0 {
-        return Duration::MAX; // no clock: end the spin at once
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// The leaf is the interrupted instruction itself; the rest are return addresses.

@@ -1,5 +1,5 @@
 //! Profiles of this process in pprof format, readable without the binary: heap (jemalloc),
-//! CPU (pprof-rs) and tasks (spawn-site counts and traced await stacks), all symbolised in the
+//! CPU (our SIGPROF sampler) and tasks (spawn-site counts and traced await stacks), all symbolised in the
 //! process by one shared, cached [`symbols::Symbolizer`].
 //!
 //! Everything that blocks (dumping, tracing, symbolising, encoding) runs off the async workers.
@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod heap;
 pub mod jemalloc;
 pub mod pprof;
+pub mod sigprof;
 pub mod symbols;
 pub mod tasks;
 
@@ -57,16 +58,11 @@ pub struct Profilers {
 impl Profilers {
     /// Starts the profilers whose background work ends when `shutdown` is cancelled.
     pub fn start(shutdown: &CancellationToken) -> Self {
-        let cpu = if !cpu::warmed_up() {
-            tracing::warn!("CPU profiling is off: the start-up warm-up took no sample");
-            None
-        } else {
-            match cpu::CpuSampler::start(shutdown.child_token()) {
-                Ok(sampler) => Some(sampler),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start the CPU sampler thread");
-                    None
-                }
+        let cpu = match cpu::CpuSampler::start(shutdown.child_token()) {
+            Ok(sampler) => Some(sampler),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the CPU sampler thread");
+                None
             }
         };
         Self {

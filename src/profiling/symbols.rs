@@ -140,9 +140,10 @@ impl Symbolizer {
                 .collect()
         };
         if !missing.is_empty() {
+            // The cache is long-lived: neither it nor the debug info shows in the heap profile.
+            let _unsampled = UnsampledThread::begin();
             let mut resolved = Cache::default();
             {
-                let _unsampled = UnsampledThread::begin();
                 let mut slot = self
                     .debug_info
                     .lock()

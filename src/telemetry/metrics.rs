@@ -19,7 +19,6 @@ use poem::{Endpoint, EndpointExt, Request, Response};
 use crate::app::AppState;
 use crate::config::{Config, OtlpProtocol};
 use crate::leaks::LeakKind;
-use crate::process::memory_stats;
 
 /// An export that takes longer is abandoned (the next one carries the cumulative totals again).
 /// Below the SDK's fixed 5 s shutdown wait, so the last export can still finish.
@@ -89,13 +88,17 @@ impl MetricsExport {
     }
 }
 
+/// The memory gauges share `/leak-test`'s cached reading: one export reads jemalloc and RSS once.
 fn register_gauges(meter: &Meter, state: &Arc<AppState>) {
     let runtime = tokio::runtime::Handle::current();
     meter
         .u64_observable_gauge("process.memory.usage")
         .with_unit("By")
         .with_description("The amount of physical memory in use (RSS).")
-        .with_callback(|gauge| gauge.observe(memory_stats().rss_bytes, &[]))
+        .with_callback({
+            let state = Arc::clone(state);
+            move |gauge| gauge.observe(state.memory.read().stats.rss_bytes, &[])
+        })
         .build();
     meter
         .u64_observable_gauge("leakfinder.jemalloc.allocated")
@@ -103,13 +106,19 @@ fn register_gauges(meter: &Meter, state: &Arc<AppState>) {
         .with_description(
             "Bytes allocated by the application and not freed (jemalloc stats.allocated).",
         )
-        .with_callback(|gauge| gauge.observe(memory_stats().heap_allocated_bytes, &[]))
+        .with_callback({
+            let state = Arc::clone(state);
+            move |gauge| gauge.observe(state.memory.read().stats.heap_allocated_bytes, &[])
+        })
         .build();
     meter
         .u64_observable_gauge("leakfinder.jemalloc.resident")
         .with_unit("By")
         .with_description("Bytes in physically resident pages mapped by jemalloc (stats.resident).")
-        .with_callback(|gauge| gauge.observe(memory_stats().heap_resident_bytes, &[]))
+        .with_callback({
+            let state = Arc::clone(state);
+            move |gauge| gauge.observe(state.memory.read().stats.heap_resident_bytes, &[])
+        })
         .build();
     meter
         .u64_observable_gauge("leakfinder.tokio.tasks.alive")

@@ -1,9 +1,8 @@
 //! Continuous profiles pushed to Pyroscope by the `pyroscope` agent, fed by this service's own
 //! profilers through two [`Backend`]s:
 //!
-//! - CPU: the agent's built-in pprof-rs backend would install a second SIGPROF handler (and cannot
-//!   even be linked beside the `pprof` crate), so [`SharedCpuBackend`] subscribes to the one
-//!   sampler's windows instead, the same windows `/debug/pprof/profile` serves.
+//! - CPU: the agent's built-in pprof-rs backend would install a second SIGPROF handler, so
+//!   [`SharedCpuBackend`] subscribes to the one sampler's windows instead, the same windows `/debug/pprof/profile` serves.
 //! - Heap: the agent's jemalloc backend pushes unsymbolised-then-`backtrace`-symbolised, untrimmed
 //!   profiles, and stops for good on the first failed report; [`HeapBackend`] pushes exactly what
 //!   `/debug/pprof/heap` serves, and never fails a report.
@@ -95,7 +94,7 @@ fn start_agent(
     PyroscopeAgentBuilder::new(
         url,
         &config.service_name,
-        FREQUENCY_HZ as u32,
+        FREQUENCY_HZ,
         "leakfinder",
         version,
         BackendImpl::new(backend),

@@ -29,12 +29,22 @@ async fn sigterm_with_all_three_leaks_running_exits_within_five_seconds() {
     assert!(logs.iter().any(|line| line.contains("leakfinder stopped")));
 }
 
-/// Start-up takes the CPU profiler's first signals on purpose (see `cpu::warm_up`); an allocation
-/// interrupted by them would deadlock before the service ever listens. Start it many times.
+/// Start-up sets nothing up for CPU profiling (the unwinder is built when the first profile is
+/// asked for, on the sampler thread), so nothing at start-up can deadlock. Start it many times,
+/// and take a CPU profile from each under load: the handler never allocates, wherever it lands.
 #[tokio::test]
 async fn the_service_starts_and_answers_every_time() {
     for _ in 0..25 {
         let app = spawn_app(&[]);
+        assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+        app.get_json("/start-leak/slice", 200).await;
+        let load = async {
+            for _ in 0..20 {
+                app.get_json("/safe-test?tasks=100", 200).await;
+            }
+        };
+        let (profile, ()) = tokio::join!(app.get("/debug/pprof/profile?seconds=1"), load);
+        assert_eq!(profile.status(), 200);
         assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
     }
 }

@@ -365,7 +365,7 @@ async fn overlapping_cpu_profiles_share_the_one_sampler() {
 }
 
 /// The profiler's own memory is a small, flat baseline: symbolisation keeps no DWARF cache, the
-/// `backtrace` crate's cache that pprof-rs fills is cleared, and none of it tops the heap profile.
+/// symbol cache and the sampler's ring are not sampled, and none of it tops the heap profile.
 #[tokio::test]
 async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile() {
     const MIB: u64 = 1 << 20;
