@@ -161,7 +161,7 @@ async fn run_fixed() {
 #[handler]
 async fn goroutine(Data(symbols): Data<&Arc<Symbolizer>>) -> Response {
     let symbols = Arc::clone(symbols);
-    match tokio::task::spawn_blocking(move || tasks::profile(&symbols, None)).await {
+    match tokio::task::spawn_blocking(move || tasks::profile(&symbols)).await {
         Ok(stacks) => pprof::encode_gzip(&tasks::build_profile(&stacks))
             .with_content_type("application/octet-stream")
             .into_response(),
@@ -174,7 +174,7 @@ async fn goroutine(Data(symbols): Data<&Arc<Symbolizer>>) -> Response {
 #[handler]
 async fn goroutine_text(Data(symbols): Data<&Arc<Symbolizer>>) -> String {
     let symbols = Arc::clone(symbols);
-    let stacks = tokio::task::spawn_blocking(move || tasks::profile(&symbols, None))
+    let stacks = tokio::task::spawn_blocking(move || tasks::profile(&symbols))
         .await
         .unwrap_or_default();
     tasks::render_text(&stacks, 1)

@@ -9,7 +9,7 @@ pub mod leaks;
 pub mod pprof;
 pub mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use poem::endpoint::make_sync;
 use poem::web::Html;
@@ -38,21 +38,43 @@ pub fn openapi(state: &Arc<AppState>) -> OpenApiService<(leaks::LeakApi, status:
 /// Every route of the service, with JSON errors for unknown routes and bad methods.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
     let api = openapi(&state);
-    let swagger: Arc<str> = api.swagger_ui_html().into();
+    let swagger = SwaggerPage::new(&state);
     Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .at("/openapi.yaml", api.spec_endpoint_yaml())
-        .at("/swagger", page(&swagger))
-        .at("/swagger/", page(&swagger))
-        .at("/swagger/index.html", page(&swagger))
+        .at("/swagger", swagger.endpoint())
+        .at("/swagger/", swagger.endpoint())
+        .at("/swagger/index.html", swagger.endpoint())
         .nest("/debug/pprof", pprof::routes())
         .nest("/", api.into_endpoint())
         .data(state)
         .catch_all_error(error::into_json)
 }
 
-/// A fixed HTML page (Swagger UI, with the spec embedded, so it needs no network).
-fn page(html: &Arc<str>) -> impl Endpoint + use<> {
-    let html = Arc::clone(html);
-    make_sync(move |_| Html(html.to_string()))
+/// Swagger UI with the spec embedded, so it needs no network. The page carries the whole
+/// Swagger UI bundle (about 1.5 MB), so it is made on the first request, not at start-up: a
+/// service nobody browses never holds it.
+#[derive(Clone)]
+struct SwaggerPage {
+    state: Arc<AppState>,
+    html: Arc<OnceLock<Arc<str>>>,
+}
+
+impl SwaggerPage {
+    fn new(state: &Arc<AppState>) -> Self {
+        Self {
+            state: Arc::clone(state),
+            html: Arc::default(),
+        }
+    }
+
+    fn endpoint(&self) -> impl Endpoint + use<> {
+        let page = self.clone();
+        make_sync(move |_| {
+            let html = page
+                .html
+                .get_or_init(|| openapi(&page.state).swagger_ui_html().into());
+            Html(html.to_string())
+        })
+    }
 }

@@ -85,6 +85,9 @@ pub struct ProcessState {
     /// How old the memory figures above are, in milliseconds: they are read at most every
     /// 100 ms and cached in between, so polling this endpoint costs almost nothing.
     pub memory_age_ms: u64,
+    /// Bytes held by the symbol index: every address the profiles have named, with its frames
+    /// (part of `heap_allocated_bytes`, never part of the heap profile).
+    pub symbol_index_bytes: u64,
 }
 
 /// How the leaks grow.
@@ -176,6 +179,7 @@ impl StatusApi {
                     .metrics()
                     .num_alive_tasks() as u64,
                 memory_age_ms: reading.age.as_millis() as u64,
+                symbol_index_bytes: self.state.profilers.symbols.index_bytes() as u64,
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

@@ -132,7 +132,7 @@ impl LeakWatch {
                     heap_samples += 1;
                 }
                 ProfileKind::Tasks => {
-                    match profilers.tasks_in_background().await {
+                    match profilers.tasks().await {
                         Ok(stacks) => {
                             let profile = tasks::build_profile(&stacks);
                             if let Ok(snapshot) = snapshot(&profile, ProfileKind::Tasks) {

@@ -21,9 +21,6 @@ use tokio_util::sync::CancellationToken;
 /// The longest a task profile may wait for the one before it, or take itself, before it is
 /// refused with a 503: a profile request never hangs.
 pub const TASK_PROFILE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long debug info loaded by a requested task profile is kept: task profiles are taken in
-/// loops, and their new addresses come in bursts; past this, the memory is given back.
-pub const TASK_PROFILE_WARM: Duration = Duration::from_secs(10);
 
 /// Why a profile could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -95,28 +92,15 @@ impl Profilers {
     }
 
     /// Every alive task of the process, by spawn site, with the await stack of each parked
-    /// task root, symbolised. For requests, which users make in a loop: debug info loaded for new
-    /// addresses is kept warm for [`TASK_PROFILE_WARM`]. Fails with [`ProfilingError::Timeout`]
-    /// rather than wait long.
+    /// task root, symbolised. Users take it in a loop; it fails with
+    /// [`ProfilingError::Timeout`] rather than wait long.
     pub async fn tasks(&self) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
-        self.task_profile(Some(TASK_PROFILE_WARM)).await
-    }
-
-    /// As [`Profilers::tasks`], for background work: debug info is not kept warm for it.
-    pub async fn tasks_in_background(&self) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
-        self.task_profile(None).await
-    }
-
-    async fn task_profile(
-        &self,
-        keep_warm: Option<Duration>,
-    ) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
         let timeout = |_| ProfilingError::Timeout("task profile");
         let _one_at_a_time = tokio::time::timeout(TASK_PROFILE_TIMEOUT, self.task_profiles.lock())
             .await
             .map_err(timeout)?;
         let symbols = Arc::clone(&self.symbols);
-        let job = tokio::task::spawn_blocking(move || tasks::profile(&symbols, keep_warm));
+        let job = tokio::task::spawn_blocking(move || tasks::profile(&symbols));
         Ok(tokio::time::timeout(TASK_PROFILE_TIMEOUT, job)
             .await
             .map_err(timeout)??)

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::helpers::{TestApp, num, spawn_app};
+use crate::helpers::{MEMORY_FRESH, TestApp, num, spawn_app};
 
 /// Runs `go tool pprof -symbolize=none ARGS URL` from the crate root and returns its stdout.
 pub fn go_pprof(args: &[&str], url: &str) -> String {
@@ -386,38 +386,30 @@ async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile()
         }
     };
     let allocated = |report: &serde_json::Value| num(report, "process/heap_allocated_bytes");
-    // A task profile keeps the debug info it loaded warm for 10 s (they are taken in loops):
-    // bounded while profiling, then given back.
-    let settled = async |baseline: u64, bound: u64, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let report = app.report().await;
-            let kept = allocated(&report).saturating_sub(baseline);
-            if kept <= bound {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} kept {kept} bytes 30 s after the last profile"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
+    // Nothing of the debug info is kept: what stays is the symbol index (the frames of the
+    // addresses named so far) and the CPU sampler's last 64 windows. Bounded and small.
     every_profile().await;
-    let warm = app.report().await;
+    tokio::time::sleep(MEMORY_FRESH).await;
+    let after_first = app.report().await;
     assert!(
-        allocated(&warm).saturating_sub(allocated(&before)) <= 96 * MIB,
-        "debug info kept warm is bounded: {warm}"
+        allocated(&after_first).saturating_sub(allocated(&before)) <= 8 * MIB,
+        "{before}\n{after_first}"
     );
-    let after_first = settled(allocated(&before), 8 * MIB, "the first profiles").await;
+    let index = num(&after_first, "process/symbol_index_bytes");
+    assert!(index > 0 && index <= 4 * MIB, "{after_first}");
     for _ in 0..5 {
         every_profile().await;
     }
-    // The CPU sampler's last 64 windows and new addresses in the symbol cache: bounded, small.
-    let after_many = settled(allocated(&after_first), 4 * MIB, "repeated profiles").await;
+    tokio::time::sleep(MEMORY_FRESH).await;
+    let after_many = app.report().await;
+    assert!(
+        allocated(&after_many).saturating_sub(allocated(&after_first)) <= 4 * MIB,
+        "{after_first}\n{after_many}"
+    );
+    assert!(num(&after_many, "process/symbol_index_bytes") <= 4 * MIB);
     assert!(allocated(&after_many) <= 48 * MIB, "{after_many}");
     assert!(
-        num(&after_many, "process/rss_bytes") <= 128 * MIB,
+        num(&after_many, "process/rss_bytes") <= 64 * MIB,
         "{after_many}"
     );
 
@@ -428,13 +420,7 @@ async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile()
     .await;
     let rows = top_rows(&go_pprof(&["-top"], &app.url("/debug/pprof/heap")));
     assert_eq!(rows[0].name, JOB1, "{rows:#?}");
-    let machinery = [
-        "addr2line",
-        "gimli",
-        "backtrace",
-        "pprof::",
-        "leakfinder::profiling",
-    ];
+    let machinery = ["gimli", "backtrace", "pprof::", "leakfinder::profiling"];
     for row in &rows {
         assert!(
             !machinery.iter().any(|name| row.name.contains(name)) || row.flat_percent < 1.0,

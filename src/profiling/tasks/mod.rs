@@ -41,20 +41,13 @@ pub fn collect() -> RawTasks {
     }
 }
 
-/// The task profile's stacks, now: [`collect`], symbolised with `symbols` and assembled. With
-/// `keep_warm`, debug info loaded for new addresses is kept that long, for callers that profile
-/// in a loop. Blocking.
-pub fn profile(
-    symbols: &crate::profiling::symbols::Symbolizer,
-    keep_warm: Option<std::time::Duration>,
-) -> Vec<TaskStack> {
+/// The task profile's stacks, now: [`collect`], symbolised with `symbols` and assembled.
+/// Blocking.
+pub fn profile(symbols: &crate::profiling::symbols::Symbolizer) -> Vec<TaskStack> {
     let raw = collect();
     let groups = profile::group(&raw.traces);
     let addresses = profile::lookup_addresses(&groups, &raw.sites);
-    let frames = match keep_warm {
-        Some(keep) => symbols.resolve_warm(addresses, keep),
-        None => symbols.resolve(addresses),
-    };
+    let frames = symbols.resolve(addresses);
     profile::assemble(&groups, &raw.sites, &frames)
 }
 
@@ -89,7 +82,7 @@ mod tests {
         // Traced many times over: each trace must leave the task's registration intact.
         let mut stacks = Vec::new();
         for _ in 0..50 {
-            stacks = profile(&symbols, None);
+            stacks = profile(&symbols);
         }
         let task = stacks
             .iter()
@@ -126,7 +119,7 @@ mod tests {
                 .unwrap();
         });
         assert!(
-            profile(&symbols, None)
+            profile(&symbols)
                 .iter()
                 .all(|task| task.wait != "chan send"),
             "a finished task leaves the profile"
@@ -153,7 +146,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         open.store(true, std::sync::atomic::Ordering::SeqCst);
         // The trace polls the future, which finishes: its output must reach the JoinHandle.
-        let _ = profile(&symbols, None);
+        let _ = profile(&symbols);
         let output =
             runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
         assert_eq!(output.expect("the task finished").unwrap(), 42);
@@ -171,7 +164,7 @@ mod tests {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(20));
-        let stacks = profile(&symbols, None);
+        let stacks = profile(&symbols);
         let here = stacks
             .iter()
             .find(|task| {

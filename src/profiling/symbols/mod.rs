@@ -1,0 +1,333 @@
+//! In-process symbolisation: instruction addresses to functions, files and lines, inline frames
+//! included, so every profile this service serves is readable without the binary.
+//!
+//! Each address is resolved once ([`dwarf`] reads only the units that hold new addresses) and
+//! kept in a compact, long-lived index: every function, file and inline chain is stored once and
+//! shared by the addresses that use it. The index is bounded, reported in `/leak-test`
+//! (`symbol_index_bytes`), and built on threads whose allocations jemalloc does not sample, so
+//! it never shows in the heap profile it helps to produce.
+
+pub mod dwarf;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CStr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::jemalloc::UnsampledThread;
+use super::pprof::Frame;
+
+/// This crate's root, stripped from its source paths so `go tool pprof -list` works from a checkout.
+const CRATE_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/");
+
+/// The most addresses kept; past it the index starts over (profiles name far fewer).
+const MAX_INDEXED_ADDRESSES: usize = 200_000;
+
+/// Symbolises addresses of this process, keeping what it resolved.
+#[derive(Default)]
+pub struct Symbolizer {
+    index: Mutex<Index>,
+    /// One batch of new addresses resolves at a time, so two profiles that meet the same new
+    /// addresses read their debug info once.
+    resolving: Mutex<()>,
+}
+
+/// Resolved addresses, their frame chains and strings, each stored once.
+#[derive(Default)]
+struct Index {
+    frames: HashMap<u64, Arc<[Frame]>>,
+    chains: HashSet<Arc<[Frame]>>,
+    strings: HashSet<Arc<str>>,
+    /// Bytes the index holds, approximately: its entries and the strings and chains they share.
+    bytes: usize,
+}
+
+impl Index {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(interned) = self.strings.get(s) {
+            return Arc::clone(interned);
+        }
+        let interned: Arc<str> = s.into();
+        self.bytes += s.len() + 2 * size_of::<usize>() + size_of::<Arc<str>>();
+        self.strings.insert(Arc::clone(&interned));
+        interned
+    }
+
+    fn insert(&mut self, address: u64, frames: Vec<Frame>) {
+        let chain: Arc<[Frame]> = match self.chains.get(frames.as_slice()) {
+            Some(chain) => Arc::clone(chain),
+            None => {
+                let chain: Arc<[Frame]> = frames.into();
+                self.bytes += chain.len() * size_of::<Frame>() + 2 * size_of::<usize>();
+                self.chains.insert(Arc::clone(&chain));
+                chain
+            }
+        };
+        self.bytes += size_of::<u64>() + size_of::<Arc<[Frame]>>();
+        self.frames.insert(address, chain);
+    }
+}
+
+/// The main executable's load bias, and the runtime address ranges it covers.
+struct Executable {
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+impl Executable {
+    fn current() -> Option<Self> {
+        let mappings = mappings::MAPPINGS.as_deref()?;
+        let main = mappings.first()?;
+        let ranges = mappings
+            .iter()
+            .filter(|mapping| mapping.pathname == main.pathname)
+            .map(|mapping| {
+                let bias = (mapping.memory_start - mapping.memory_offset) as u64;
+                (mapping.memory_start as u64, mapping.memory_end as u64, bias)
+            })
+            .collect();
+        Some(Self { ranges })
+    }
+
+    /// The address as a virtual address of the executable file, if it lies in it.
+    fn file_address(&self, address: u64) -> Option<u64> {
+        self.ranges
+            .iter()
+            .find(|(start, end, _)| (*start..*end).contains(&address))
+            .map(|(_, _, bias)| address - bias)
+    }
+}
+
+impl Symbolizer {
+    /// Frames for each address, innermost (inlined) first. Pass instruction addresses: for a
+    /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
+    /// Blocking: run it off the async workers.
+    pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<[Frame]>> {
+        let wanted: HashSet<u64> = addresses.into_iter().collect();
+        let missing = self.missing(&wanted);
+        if !missing.is_empty() {
+            // The index is long-lived: neither it nor the reading shows in the heap profile.
+            let _unsampled = UnsampledThread::begin();
+            let _one_batch = self
+                .resolving
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Another batch may have resolved some of them meanwhile.
+            let missing = self.missing(&missing.into_iter().collect());
+            let resolved = resolve_missing(&missing);
+            let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            if index.frames.len() + resolved.len() > MAX_INDEXED_ADDRESSES {
+                *index = Index::default();
+            }
+            for (address, frames) in resolved {
+                let frames = frames
+                    .into_iter()
+                    .map(|frame| Frame {
+                        function: index.intern(&frame.function),
+                        file: index.intern(&frame.file),
+                        line: frame.line,
+                    })
+                    .collect();
+                index.insert(address, frames);
+            }
+        }
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted
+            .into_iter()
+            .filter_map(|address| Some((address, Arc::clone(index.frames.get(&address)?))))
+            .collect()
+    }
+
+    fn missing(&self, wanted: &HashSet<u64>) -> Vec<u64> {
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted
+            .iter()
+            .copied()
+            .filter(|address| !index.frames.contains_key(address))
+            .collect()
+    }
+
+    /// How many addresses are indexed.
+    pub fn cached_addresses(&self) -> usize {
+        self.index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .frames
+            .len()
+    }
+
+    /// Bytes the index holds (entries, shared chains and strings), approximately.
+    pub fn index_bytes(&self) -> usize {
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        index.bytes
+            + index.frames.capacity() * (size_of::<u64>() + size_of::<Arc<[Frame]>>() + 1)
+            + index.chains.capacity() * (size_of::<Arc<[Frame]>>() + 1)
+            + index.strings.capacity() * (size_of::<Arc<str>>() + 1)
+    }
+}
+
+/// Frames for each address (`function`, `file`, `line` as plain strings), innermost first.
+fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>)> {
+    let executable = Executable::current();
+    let debug_info = dwarf::DebugInfo::executable();
+    let mut in_executable: Vec<(u64, u64)> = Vec::new();
+    let mut resolved = Vec::with_capacity(missing.len());
+    for &address in missing {
+        match (
+            executable
+                .as_ref()
+                .and_then(|exe| exe.file_address(address)),
+            debug_info,
+        ) {
+            (Some(file_address), Some(_)) => in_executable.push((address, file_address)),
+            _ => {
+                let frame = shared_object_frame(address).unwrap_or_else(|| unknown_frame(address));
+                resolved.push((address, vec![frame]));
+            }
+        }
+    }
+    if let Some(debug_info) = debug_info {
+        let file_addresses: Vec<u64> = in_executable.iter().map(|&(_, file)| file).collect();
+        let mut frames = debug_info.resolve(&file_addresses);
+        for (address, file_address) in in_executable {
+            let frames: Vec<Frame> = frames
+                .remove(&file_address)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|frame| Frame {
+                    function: frame.function.into(),
+                    file: source_path(&frame.file).into(),
+                    line: frame.line,
+                })
+                .collect();
+            let frames = if frames.is_empty() {
+                vec![unknown_frame(address)]
+            } else {
+                frames
+            };
+            resolved.push((address, frames));
+        }
+    }
+    resolved
+}
+
+/// The address to look a return address up by: inside the call instruction that pushed it.
+pub fn caller(return_address: u64) -> u64 {
+    return_address.saturating_sub(1)
+}
+
+/// A frame outside the executable (libc, the vDSO): named by the dynamic symbol table.
+#[allow(unsafe_code)]
+fn shared_object_frame(probe: u64) -> Option<Frame> {
+    // SAFETY: `Dl_info` is plain old data for which all-zero is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: `dladdr` only reads its address argument (it is never dereferenced) and fills `info`.
+    let found = unsafe { libc::dladdr(probe as *const libc::c_void, &mut info) };
+    if found == 0 {
+        return None;
+    }
+    // SAFETY: on success, non-null `dli_sname`/`dli_fname` point to NUL-terminated strings owned by
+    // the dynamic loader, valid while the object stays loaded; they are copied at once.
+    let text = |ptr: *const libc::c_char| {
+        (!ptr.is_null()).then(|| {
+            unsafe { CStr::from_ptr(ptr) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let object = text(info.dli_fname).unwrap_or_default();
+    let function = match text(info.dli_sname) {
+        Some(name) => dwarf::demangle(&name),
+        None => format!(
+            "{}+{:#x}",
+            short_object(&object),
+            probe - info.dli_fbase as u64
+        ),
+    };
+    Some(Frame {
+        function: function.into(),
+        file: object.into(),
+        line: 0,
+    })
+}
+
+fn short_object(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn unknown_frame(address: u64) -> Frame {
+    Frame {
+        function: format!("{address:#x}").into(),
+        file: "".into(),
+        line: 0,
+    }
+}
+
+/// A source path as profiles show it: this crate's relative to its root (`src/...`), a
+/// dependency's from its package directory (`tokio-1.54.1/src/...`), anything else as built.
+pub fn source_path(path: &str) -> String {
+    if let Some(relative) = path.strip_prefix(CRATE_ROOT) {
+        return relative.to_owned();
+    }
+    registry_package_path(path).unwrap_or(path).to_owned()
+}
+
+/// A path inside a cargo registry's source tree, from its package directory
+/// (`tokio-1.54.1/src/...`); `None` for a path outside any registry.
+pub fn registry_package_path(path: &str) -> Option<&str> {
+    let index = path.find("/registry/src/")?;
+    let rest = &path[index + "/registry/src/".len()..];
+    rest.split_once('/').map(|(_, package_path)| package_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_paths_are_short_and_relative() {
+        assert_eq!(
+            source_path(&format!("{CRATE_ROOT}src/leaks/slice.rs")),
+            "src/leaks/slice.rs"
+        );
+        assert_eq!(
+            source_path(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src/sync/mpsc/bounded.rs"
+            ),
+            "tokio-1.54.1/src/sync/mpsc/bounded.rs"
+        );
+        assert_eq!(
+            source_path("/rustc/abc/library/alloc/src/vec/mod.rs"),
+            "/rustc/abc/library/alloc/src/vec/mod.rs"
+        );
+    }
+
+    #[inline(never)]
+    fn a_function_to_find() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[test]
+    fn addresses_of_this_binary_resolve_to_their_function_and_are_cached() {
+        let address = a_function_to_find as *const () as u64;
+        let symbolizer = Symbolizer::default();
+        let frames = symbolizer.resolve([address]);
+        let outer = frames[&address].last().unwrap().clone();
+        assert!(outer.function.contains("a_function_to_find"), "{outer:?}");
+        assert_eq!(&*outer.file, "src/profiling/symbols/mod.rs");
+        assert!(outer.line > 0);
+        assert_eq!(symbolizer.cached_addresses(), 1);
+        let again = symbolizer.resolve([address]);
+        assert!(
+            Arc::ptr_eq(&again[&address], &frames[&address]),
+            "served from the cache"
+        );
+    }
+
+    #[test]
+    fn libc_addresses_are_named_by_the_dynamic_symbol_table() {
+        let address = libc::getpid as *const () as u64;
+        let frames = Symbolizer::default().resolve([address]);
+        let frame = &frames[&address][0];
+        assert!(frame.function.contains("getpid"), "{frame:?}");
+        assert!(frame.file.contains("libc"), "{frame:?}");
+    }
+}
