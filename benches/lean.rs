@@ -36,7 +36,11 @@ const GIB: u64 = 1 << 30;
 const ROUNDS: usize = 5;
 
 /// Targets issue 10 asks for that this build does not meet yet; everything else fails the run.
-const NOT_YET_MET: &[&str] = &["idle peak / idle RSS", "idle RSS", "symbolising share"];
+const NOT_YET_MET: &[&str] = &[
+    "RSS above the leaked bytes, 1 GiB",
+    "heap profile p99 (ms)",
+    "symbolising share",
+];
 
 /// One program under test, listening.
 struct Server {
@@ -526,22 +530,39 @@ fn count_symbolising(profile: &leakfinder::profiling::pprof::Profile) -> (i64, i
     (symbolising, all)
 }
 
+/// `-- --only SECTION` runs one section (`start-up`, `leak-test`, `safe-test`, `gib`,
+/// `symbolising`); `-- --minutes N` shortens the pushes (the issue's figure is for 10).
 fn main() {
-    let minutes = if std::env::args().any(|arg| arg == "--reduced") {
-        2
-    } else {
-        10
+    let args: Vec<String> = std::env::args().collect();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|index| args.get(index + 1))
+            .cloned()
     };
+    let only = value_of("--only");
+    let minutes: u64 = value_of("--minutes").map_or(10, |value| value.parse().expect("minutes"));
+    let runs = |section: &str| only.as_deref().is_none_or(|only| only == section);
     println!(
         "leakfinder beside the Go seed (tests/fixtures/goseed), interleaved; ratios Rust / Go"
     );
     let go = build_go_seed();
     let mut table = Table::default();
-    start_up_and_idle(&mut table, &go);
-    leak_test_throughput(&mut table, &go);
-    safe_test_under_cpu_profile(&mut table, &go);
-    one_gib_leaked(&mut table, &go);
-    symbolising_share(&mut table, minutes);
+    if runs("start-up") {
+        start_up_and_idle(&mut table, &go);
+    }
+    if runs("leak-test") {
+        leak_test_throughput(&mut table, &go);
+    }
+    if runs("safe-test") {
+        safe_test_under_cpu_profile(&mut table, &go);
+    }
+    if runs("gib") {
+        one_gib_leaked(&mut table, &go);
+    }
+    if runs("symbolising") {
+        symbolising_share(&mut table, minutes);
+    }
     if !table.missed.is_empty() {
         eprintln!("targets missed:\n  {}", table.missed.join("\n  "));
         std::process::exit(1);

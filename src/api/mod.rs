@@ -12,8 +12,7 @@ pub mod status;
 use std::sync::{Arc, OnceLock};
 
 use poem::endpoint::make_sync;
-use poem::web::Html;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
 use poem_openapi::OpenApiService;
 
 use crate::app::AppState;
@@ -38,10 +37,14 @@ pub fn openapi(state: &Arc<AppState>) -> OpenApiService<(leaks::LeakApi, status:
 /// Every route of the service, with JSON errors for unknown routes and bad methods.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
     let api = openapi(&state);
-    let swagger = SwaggerPage::new(&state);
+    let json = Document::new(&state, "application/json", |api| api.spec());
+    let yaml = Document::new(&state, "application/x-yaml", |api| api.spec_yaml());
+    let swagger = Document::new(&state, "text/html; charset=utf-8", |api| {
+        api.swagger_ui_html()
+    });
     Route::new()
-        .at("/openapi.json", api.spec_endpoint())
-        .at("/openapi.yaml", api.spec_endpoint_yaml())
+        .at("/openapi.json", json.endpoint())
+        .at("/openapi.yaml", yaml.endpoint())
         .at("/swagger", swagger.endpoint())
         .at("/swagger/", swagger.endpoint())
         .at("/swagger/index.html", swagger.endpoint())
@@ -51,30 +54,40 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
         .catch_all_error(error::into_json)
 }
 
-/// Swagger UI with the spec embedded, so it needs no network. The page carries the whole
-/// Swagger UI bundle (about 1.5 MB), so it is made on the first request, not at start-up: a
-/// service nobody browses never holds it.
+/// The spec (JSON, YAML) or Swagger UI with the spec embedded (so it needs no network), made on
+/// the first request rather than at start-up: Swagger UI carries its whole bundle (about 1.5 MB)
+/// and the spec takes milliseconds to render, which a service nobody browses never pays.
 #[derive(Clone)]
-struct SwaggerPage {
+struct Document {
     state: Arc<AppState>,
-    html: Arc<OnceLock<Arc<str>>>,
+    content_type: &'static str,
+    render: fn(&OpenApiService<(leaks::LeakApi, status::StatusApi), ()>) -> String,
+    rendered: Arc<OnceLock<Arc<str>>>,
 }
 
-impl SwaggerPage {
-    fn new(state: &Arc<AppState>) -> Self {
+impl Document {
+    fn new(
+        state: &Arc<AppState>,
+        content_type: &'static str,
+        render: fn(&OpenApiService<(leaks::LeakApi, status::StatusApi), ()>) -> String,
+    ) -> Self {
         Self {
             state: Arc::clone(state),
-            html: Arc::default(),
+            content_type,
+            render,
+            rendered: Arc::default(),
         }
     }
 
     fn endpoint(&self) -> impl Endpoint + use<> {
-        let page = self.clone();
+        let document = self.clone();
         make_sync(move |_| {
-            let html = page
-                .html
-                .get_or_init(|| openapi(&page.state).swagger_ui_html().into());
-            Html(html.to_string())
+            let body = document
+                .rendered
+                .get_or_init(|| (document.render)(&openapi(&document.state)).into());
+            Response::builder()
+                .content_type(document.content_type)
+                .body(body.to_string())
         })
     }
 }

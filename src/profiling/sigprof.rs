@@ -554,8 +554,12 @@ mod tests {
         Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
 
+    /// One session per process: the tests that start sessions take turns.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_session_samples_whole_stacks_and_only_one_runs_at_a_time() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let session = Session::start(1000).expect("sampling starts");
         assert!(matches!(Session::start(1000), Err(SigprofError::Busy)));
         spin_for_cpu(Duration::from_millis(200));
@@ -573,5 +577,49 @@ mod tests {
         assert!(spinning * 2 >= samples.len(), "{samples:?}");
         let again = Session::start(1000).expect("a new session starts once the old one ended");
         drop(again);
+    }
+
+    /// Sessions started and stopped 200 times while two threads allocate and free without a
+    /// pause: a handler that allocated, or a stop that freed a ring in use, would deadlock or
+    /// crash here. Bounded: fails if it takes over 60 s.
+    #[test]
+    fn sessions_start_and_stop_beside_allocating_threads_without_deadlock() {
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let churn: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        kept.push(vec![0u8; 4096]);
+                        if kept.len() > 64 {
+                            kept.clear();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            for _ in 0..200 {
+                let Ok(session) = Session::start(1000) else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                std::thread::sleep(Duration::from_millis(10));
+                session.drain(&mut samples);
+            }
+            let _ = done.send(samples.len());
+        });
+        let sampled = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("200 sessions end within 60 s");
+        stop.store(true, Ordering::Relaxed);
+        for thread in churn {
+            thread.join().unwrap();
+        }
+        assert!(sampled > 100, "{sampled} samples over 200 sessions");
     }
 }

@@ -1,5 +1,6 @@
 //! Soaks of what a user calls in a loop: the task profile beside a running task leak, `/safe-test`
-//! load and a `leakfinder scan`, and stopping the service while it holds many parked tasks.
+//! load and a `leakfinder scan`; CPU profiles beside every leak and load; and stopping the service
+//! while it holds many parked tasks.
 //!
 //! Each loop is bounded in count and time and talks to 127.0.0.1 only.
 
@@ -92,4 +93,52 @@ async fn twenty_stops_with_twenty_thousand_parked_tasks_each_end_within_five_sec
         .max()
         .unwrap();
     println!("20 stops with 20 000 parked tasks each; slowest {slowest:?}");
+}
+
+/// CPU profiles back to back for 30 s beside all three leaks and `/safe-test` load: the SIGPROF
+/// handler runs on every thread, allocating ones included, and must never deadlock, crash or
+/// slow the service; then the service still stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_profiles_back_to_back_beside_leaks_and_load_never_fail() {
+    let mut app = spawn_app(&[("LEAK_CHUNK_BYTES", "65536"), ("LEAK_INTERVAL_MS", "2")]);
+    for kind in ["slice", "channel", "mutex"] {
+        app.get_json(&format!("/start-leak/{kind}"), 200).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let load = async {
+        let mut done = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            app.get_json("/safe-test?tasks=50", 200).await;
+            done += 1;
+        }
+        done
+    };
+    let profiles = async {
+        let mut samples = Vec::new();
+        while tokio::time::Instant::now() < deadline {
+            let response = app.get("/debug/pprof/profile?seconds=1").await;
+            assert_eq!(response.status(), 200);
+            let body = response.bytes().await.unwrap();
+            let profile = leakfinder::profiling::pprof::decode(&body, 64 << 20)
+                .expect("a valid pprof profile");
+            samples.push(profile.sample.len());
+        }
+        samples
+    };
+    let (done, samples) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(load, profiles)
+    })
+    .await
+    .expect("the soak ends within 60 s: no profile or request hung");
+    assert!(samples.len() >= 20, "{} profiles in 30 s", samples.len());
+    assert!(
+        samples.iter().filter(|&&n| n > 0).count() * 2 >= samples.len(),
+        "most 1 s profiles under load have samples: {samples:?}"
+    );
+    assert!(done > 50, "{done} /safe-test beside the profiles");
+    assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+    let (status, took) = app
+        .terminate(Duration::from_secs(5))
+        .expect("SIGTERM ends the service within 5 s after the soak");
+    assert!(status.success(), "{status} after {took:?}");
 }

@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, Unit, UnitOffset};
+use gimli::{
+    AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, Unit, UnitHeader, UnitOffset,
+};
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ObjectSymbol};
 
@@ -27,10 +29,30 @@ pub struct RawFrame {
     pub line: u32,
 }
 
-/// The executable's sections, mapped for the life of the process.
+/// The executable's sections, mapped for the life of the process, and two compact tables built
+/// from them on first use: which unit holds each address range, and where each function symbol
+/// starts and ends.
 pub struct DebugInfo {
     data: &'static [u8],
     dwarf: gimli::Dwarf<Reader>,
+    tables: OnceLock<Tables>,
+}
+
+/// Lookups every batch needs, kept so a batch never scans whole sections.
+struct Tables {
+    /// Address ranges of `.debug_aranges`, sorted: start, length, index into `units`.
+    ranges: Box<[(u64, u32, u32)]>,
+    /// Where each unit starts in `.debug_info`, sorted.
+    units: Box<[usize]>,
+    /// Function symbols of `.symtab`, sorted: start, size, symbol index (names are read only
+    /// when needed: reading them all would touch all of `.strtab`).
+    functions: Box<[(u64, u32, u32)]>,
+}
+
+impl Tables {
+    fn bytes(&self) -> usize {
+        size_of_val(&*self.ranges) + size_of_val(&*self.units) + size_of_val(&*self.functions)
+    }
 }
 
 /// How deep a chain of `abstract_origin`/`specification` references is followed for a name.
@@ -73,7 +95,76 @@ impl DebugInfo {
             };
             Ok(EndianSlice::new(bytes, endian))
         })?;
-        Ok(Self { data, dwarf })
+        Ok(Self {
+            data,
+            dwarf,
+            tables: OnceLock::new(),
+        })
+    }
+
+    /// Bytes the lookup tables hold (0 until the first batch built them).
+    pub fn table_bytes(&self) -> usize {
+        self.tables.get().map_or(0, Tables::bytes)
+    }
+
+    fn tables(&self) -> &Tables {
+        self.tables.get_or_init(|| {
+            let tables = self.build_tables();
+            self.forget_pages();
+            tables
+        })
+    }
+
+    fn build_tables(&self) -> Tables {
+        let mut starts = Vec::new();
+        let mut ranges = Vec::new();
+        let mut headers = self.dwarf.debug_aranges.headers();
+        while let Ok(Some(header)) = headers.next() {
+            let unit = starts.len() as u32;
+            starts.push(header.debug_info_offset().0);
+            let mut entries = header.entries();
+            while let Ok(Some(entry)) = entries.next() {
+                let range = entry.range();
+                // A range of 4 GiB or more is not code of this executable.
+                if let Ok(length) = u32::try_from(range.end.saturating_sub(range.begin))
+                    && length > 0
+                {
+                    ranges.push((range.begin, length, unit));
+                }
+            }
+        }
+        // Units in section order; the ranges' indexes follow them.
+        let mut order: Vec<usize> = (0..starts.len()).collect();
+        order.sort_by_key(|&index| starts[index]);
+        let mut position = vec![0u32; starts.len()];
+        for (sorted, &index) in order.iter().enumerate() {
+            position[index] = sorted as u32;
+        }
+        for range in &mut ranges {
+            range.2 = position[range.2 as usize];
+        }
+        ranges.sort_unstable();
+        starts.sort_unstable();
+        let mut functions = Vec::new();
+        if let Ok(object) = object::File::parse(self.data) {
+            for symbol in object.symbols() {
+                if symbol.kind() != object::SymbolKind::Text || symbol.size() == 0 {
+                    continue;
+                }
+                if let (Ok(size), Ok(index)) = (
+                    u32::try_from(symbol.size()),
+                    u32::try_from(symbol.index().0),
+                ) {
+                    functions.push((symbol.address(), size, index));
+                }
+            }
+        }
+        functions.sort_unstable();
+        Tables {
+            ranges: ranges.into(),
+            units: starts.into(),
+            functions: functions.into(),
+        }
     }
 
     /// Drops every page of the mapping from this process (they stay in the page cache).
@@ -100,48 +191,24 @@ impl DebugInfo {
         sorted.sort_unstable();
         sorted.dedup();
         let mut resolved: HashMap<u64, Vec<RawFrame>> = HashMap::new();
-        let (units, starts) = self.units_of(&sorted);
-        let batch = Batch { starts };
-        for (unit, probes) in units {
-            if let Err(error) = self.resolve_in_unit(&batch, unit, &probes, &mut resolved) {
+        let tables = self.tables();
+        for (unit, probes) in units_of(tables, &sorted) {
+            if let Err(error) = self.resolve_in_unit(tables, unit, &probes, &mut resolved) {
                 tracing::debug!(%error, "debug info unit unreadable");
             }
             self.forget_pages();
         }
-        self.name_from_symbols(&sorted, &mut resolved);
+        for &address in &sorted {
+            resolved.entry(address).or_default();
+        }
+        self.name_from_symbols(tables, &mut resolved);
         self.forget_pages();
         resolved
     }
 
-    /// The unit holding each address, from `.debug_aranges`, and where every unit starts.
-    fn units_of(&self, sorted: &[u64]) -> (HashMap<DebugInfoOffset, Vec<u64>>, Vec<usize>) {
-        let mut units: HashMap<DebugInfoOffset, Vec<u64>> = HashMap::new();
-        let mut starts = Vec::new();
-        let mut headers = self.dwarf.debug_aranges.headers();
-        while let Ok(Some(header)) = headers.next() {
-            starts.push(header.debug_info_offset().0);
-            let mut entries = header.entries();
-            while let Ok(Some(entry)) = entries.next() {
-                let range = entry.range();
-                for &address in in_range(sorted, range.begin, range.end) {
-                    units
-                        .entry(header.debug_info_offset())
-                        .or_default()
-                        .push(address);
-                }
-            }
-        }
-        for probes in units.values_mut() {
-            probes.sort_unstable();
-            probes.dedup();
-        }
-        starts.sort_unstable();
-        (units, starts)
-    }
-
     fn resolve_in_unit(
         &self,
-        batch: &Batch,
+        tables: &Tables,
         offset: DebugInfoOffset,
         probes: &[u64],
         resolved: &mut HashMap<u64, Vec<RawFrame>>,
@@ -150,36 +217,8 @@ impl DebugInfo {
         let unit = self.dwarf.unit(header)?;
         // Functions and inlined calls holding each probe, outermost first.
         let mut scopes: Vec<Vec<Scope>> = vec![Vec::new(); probes.len()];
-        let mut entries = unit.entries();
-        while let Some(entry) = entries.next_dfs()? {
-            if entry.tag() != gimli::DW_TAG_subprogram
-                && entry.tag() != gimli::DW_TAG_inlined_subroutine
-            {
-                continue;
-            }
-            let mut ranges = self.dwarf.die_ranges(&unit, entry)?;
-            let mut scope: Option<Scope> = None;
-            while let Some(range) = ranges.next()? {
-                let first = probes.partition_point(|&p| p < range.begin);
-                let last = probes.partition_point(|&p| p < range.end);
-                for chain in &mut scopes[first..last.max(first)] {
-                    let scope = scope.get_or_insert_with(|| Scope {
-                        depth: entry.depth(),
-                        function: self.name(batch, &unit, entry.offset(), 0),
-                        call_file: match entry.attr_value(gimli::DW_AT_call_file) {
-                            Some(AttributeValue::FileIndex(file)) => Some(file),
-                            Some(AttributeValue::Udata(file)) => Some(file),
-                            _ => None,
-                        },
-                        call_line: entry
-                            .attr_value(gimli::DW_AT_call_line)
-                            .and_then(|value| value.udata_value())
-                            .unwrap_or(0),
-                    });
-                    chain.push(scope.clone());
-                }
-            }
-        }
+        let mut tree = unit.entries_tree(None)?;
+        self.walk(tables, &unit, tree.root()?, 0, probes, &mut scopes)?;
         let leaves = self.leaf_locations(&unit, probes)?;
         let mut paths: HashMap<u64, String> = HashMap::new();
         let mut path = |file: u64| -> String {
@@ -217,6 +256,56 @@ impl DebugInfo {
         Ok(())
     }
 
+    /// Collects the functions and inlined calls holding each probe under `node`. The children
+    /// of a function whose code holds no probe are never looked at: most of a unit is skipped.
+    fn walk(
+        &self,
+        tables: &Tables,
+        unit: &Unit<Reader>,
+        node: gimli::EntriesTreeNode<'_, '_, Reader>,
+        depth: usize,
+        probes: &[u64],
+        scopes: &mut [Vec<Scope>],
+    ) -> gimli::Result<()> {
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            let tag = entry.tag();
+            if tag != gimli::DW_TAG_subprogram && tag != gimli::DW_TAG_inlined_subroutine {
+                self.walk(tables, unit, child, depth + 1, probes, scopes)?;
+                continue;
+            }
+            let mut ranges = self.dwarf.die_ranges(unit, entry)?;
+            let mut scope: Option<Scope> = None;
+            let mut has_code = false;
+            while let Some(range) = ranges.next()? {
+                has_code |= range.end > range.begin;
+                for chain in &mut scopes[probe_indexes(probes, range.begin, range.end)] {
+                    let scope = scope.get_or_insert_with(|| Scope {
+                        depth,
+                        function: self.name(tables, unit, entry.offset(), 0),
+                        call_file: match entry.attr_value(gimli::DW_AT_call_file) {
+                            Some(AttributeValue::FileIndex(file) | AttributeValue::Udata(file)) => {
+                                Some(file)
+                            }
+                            _ => None,
+                        },
+                        call_line: entry
+                            .attr_value(gimli::DW_AT_call_line)
+                            .and_then(|value| value.udata_value())
+                            .unwrap_or(0),
+                    });
+                    chain.push(scope.clone());
+                }
+            }
+            // A declaration or abstract function (no code) may still hold concrete ones.
+            if scope.is_some() || !has_code {
+                self.walk(tables, unit, child, depth + 1, probes, scopes)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The line-table row holding each probe: its file index and line.
     fn leaf_locations(
         &self,
@@ -233,9 +322,7 @@ impl DebugInfo {
             if let Some((start, file, line)) = previous
                 && row.address() > start
             {
-                let first = probes.partition_point(|&p| p < start);
-                let last = probes.partition_point(|&p| p < row.address());
-                for slot in &mut found[first..last] {
+                for slot in &mut found[probe_indexes(probes, start, row.address())] {
                     *slot = Some((file, line));
                 }
             }
@@ -278,7 +365,13 @@ impl DebugInfo {
     }
 
     /// A function's name: its demangled linkage name, else its name, else its origin's.
-    fn name(&self, batch: &Batch, unit: &Unit<Reader>, offset: UnitOffset, hops: usize) -> String {
+    fn name(
+        &self,
+        tables: &Tables,
+        unit: &Unit<Reader>,
+        offset: UnitOffset,
+        hops: usize,
+    ) -> String {
         let Ok(entry) = unit.entry(offset) else {
             return String::new();
         };
@@ -300,14 +393,14 @@ impl DebugInfo {
         for at in [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification] {
             match entry.attr_value(at) {
                 Some(AttributeValue::UnitRef(origin)) => {
-                    return self.name(batch, unit, origin, hops + 1);
+                    return self.name(tables, unit, origin, hops + 1);
                 }
                 Some(AttributeValue::DebugInfoRef(origin)) => {
                     if let Some(local) = origin.to_unit_offset(&unit.header) {
-                        return self.name(batch, unit, local, hops + 1);
+                        return self.name(tables, unit, local, hops + 1);
                     }
                     return self
-                        .name_elsewhere(batch, origin, hops + 1)
+                        .name_elsewhere(tables, origin, hops + 1)
                         .unwrap_or_default();
                 }
                 _ => {}
@@ -316,81 +409,127 @@ impl DebugInfo {
         String::new()
     }
 
-    /// The name of a DIE in another unit: the one starting last before it. (Walking every unit
-    /// header instead would read a page of `.debug_info` per unit: thousands.)
+    /// The name of a DIE in another unit.
     fn name_elsewhere(
         &self,
-        batch: &Batch,
+        tables: &Tables,
         offset: DebugInfoOffset,
         hops: usize,
     ) -> Option<String> {
-        let index = batch.starts.partition_point(|&start| start <= offset.0);
-        let start = *batch.starts.get(index.checked_sub(1)?)?;
-        let header = self
-            .dwarf
-            .debug_info
-            .header_from_offset(DebugInfoOffset(start))
-            .ok()?;
+        let header = self.unit_containing(tables, offset)?;
         let local = offset.to_unit_offset(&header)?;
         let unit = self.dwarf.unit(header).ok()?;
-        Some(self.name(batch, &unit, local, hops))
+        Some(self.name(tables, &unit, local, hops))
+    }
+
+    /// The header of the unit holding `offset`: from the last unit with code that starts before
+    /// it (the table), forward over units without code (they have no ranges, so no table entry),
+    /// one header each. Walking every header from the start would read a page per unit.
+    fn unit_containing(
+        &self,
+        tables: &Tables,
+        offset: DebugInfoOffset,
+    ) -> Option<UnitHeader<Reader>> {
+        let index = tables.units.partition_point(|&start| start <= offset.0);
+        let mut start = index.checked_sub(1).map_or(0, |i| tables.units[i]);
+        loop {
+            let header = self
+                .dwarf
+                .debug_info
+                .header_from_offset(DebugInfoOffset(start))
+                .ok()?;
+            if offset.to_unit_offset(&header).is_some() {
+                return Some(header);
+            }
+            let next = start + header.length_including_self();
+            if next <= start || next > offset.0 {
+                return None;
+            }
+            start = next;
+        }
     }
 
     /// Fills the outermost frame's name from `.symtab` where the DWARF left it bare (line-tables
     /// -only dependencies name functions `poll`), and names addresses no unit holds.
-    fn name_from_symbols(&self, sorted: &[u64], resolved: &mut HashMap<u64, Vec<RawFrame>>) {
+    fn name_from_symbols(&self, tables: &Tables, resolved: &mut HashMap<u64, Vec<RawFrame>>) {
         let Ok(object) = object::File::parse(self.data) else {
             return;
         };
-        for symbol in object.symbols() {
-            if symbol.kind() != object::SymbolKind::Text || symbol.size() == 0 {
+        for (&probe, frames) in resolved.iter_mut() {
+            let bare = frames
+                .last()
+                .is_none_or(|outer| !outer.function.contains("::"));
+            if !bare {
                 continue;
             }
-            let (start, end) = (symbol.address(), symbol.address() + symbol.size());
-            let probes = in_range(sorted, start, end);
-            if probes.is_empty() {
-                continue;
-            }
-            let Ok(name) = symbol.name() else {
+            let index = tables
+                .functions
+                .partition_point(|&(start, _, _)| start <= probe);
+            let Some(&(start, size, symbol)) =
+                index.checked_sub(1).and_then(|i| tables.functions.get(i))
+            else {
                 continue;
             };
-            for &probe in probes {
-                let frames = resolved.entry(probe).or_default();
-                match frames.last_mut() {
-                    Some(outer) if !outer.function.contains("::") => {
-                        outer.function = demangle(name);
-                    }
-                    None => frames.push(RawFrame {
-                        function: demangle(name),
-                        file: String::new(),
-                        line: 0,
-                    }),
-                    Some(_) => {}
-                }
+            let Some(name) = (probe - start < u64::from(size))
+                .then(|| {
+                    object
+                        .symbol_by_index(object::SymbolIndex(symbol as usize))
+                        .ok()
+                })
+                .flatten()
+                .and_then(|symbol| symbol.name().ok())
+            else {
+                continue;
+            };
+            match frames.last_mut() {
+                Some(outer) => outer.function = demangle(name),
+                None => frames.push(RawFrame {
+                    function: demangle(name),
+                    file: String::new(),
+                    line: 0,
+                }),
             }
         }
     }
 }
 
-/// What one batch learnt about the units: where each starts (from `.debug_aranges`).
-struct Batch {
-    starts: Vec<usize>,
+/// The unit holding each address (sorted), from the `.debug_aranges` table.
+fn units_of(tables: &Tables, sorted: &[u64]) -> HashMap<DebugInfoOffset, Vec<u64>> {
+    let mut units: HashMap<DebugInfoOffset, Vec<u64>> = HashMap::new();
+    for &address in sorted {
+        let index = tables
+            .ranges
+            .partition_point(|&(start, _, _)| start <= address);
+        let Some(&(start, length, unit)) = index.checked_sub(1).and_then(|i| tables.ranges.get(i))
+        else {
+            continue;
+        };
+        if address - start < u64::from(length)
+            && let Some(&offset) = tables.units.get(unit as usize)
+        {
+            units
+                .entry(DebugInfoOffset(offset))
+                .or_default()
+                .push(address);
+        }
+    }
+    units
 }
 
 /// A function or inlined call holding a probe.
 #[derive(Debug, Clone)]
 struct Scope {
-    depth: isize,
+    depth: usize,
     function: String,
     call_file: Option<u64>,
     call_line: u64,
 }
 
-/// The addresses of a sorted slice within `begin..end`.
-fn in_range(sorted: &[u64], begin: u64, end: u64) -> &[u64] {
+/// The indexes of a sorted slice's addresses within `begin..end`.
+fn probe_indexes(sorted: &[u64], begin: u64, end: u64) -> std::ops::Range<usize> {
     let first = sorted.partition_point(|&a| a < begin);
     let last = sorted.partition_point(|&a| a < end);
-    &sorted[first..last.max(first)]
+    first..last.max(first)
 }
 
 /// A symbol name as profiles show it: Rust and C++ names demangled, Rust's without their hash.
@@ -462,8 +601,9 @@ mod tests {
 
     #[test]
     fn addresses_are_picked_by_range_and_names_demangled_without_hash() {
-        assert_eq!(in_range(&[1, 5, 9, 12], 5, 12), &[5, 9]);
-        assert!(in_range(&[1, 5], 6, 9).is_empty());
+        assert_eq!(probe_indexes(&[1, 5, 9, 12], 5, 12), 1..3);
+        assert!(probe_indexes(&[1, 5], 6, 9).is_empty());
+        assert!(probe_indexes(&[1, 5], 9, 6).is_empty());
         assert_eq!(
             demangle("_ZN10leakfinder5leaks5slice4push17h0123456789abcdefE"),
             "leakfinder::leaks::slice::push"
