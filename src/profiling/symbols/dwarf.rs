@@ -61,6 +61,11 @@ const MAX_NAME_HOPS: usize = 8;
 static EXECUTABLE: OnceLock<Option<DebugInfo>> = OnceLock::new();
 
 impl DebugInfo {
+    /// This executable's debug info if it was mapped already (never maps it).
+    pub fn loaded() -> Option<&'static DebugInfo> {
+        EXECUTABLE.get()?.as_ref()
+    }
+
     /// This executable's debug info, mapped on first use; `None` if it cannot be read.
     pub fn executable() -> Option<&'static DebugInfo> {
         EXECUTABLE
@@ -144,6 +149,22 @@ impl DebugInfo {
             range.2 = position[range.2 as usize];
         }
         ranges.sort_unstable();
+        // A unit's functions mostly follow each other: one entry per run of them.
+        let mut merged: Vec<(u64, u32, u32)> = Vec::with_capacity(ranges.len() / 4);
+        for (start, length, unit) in ranges {
+            match merged.last_mut() {
+                Some((last_start, last_length, last_unit))
+                    if *last_unit == unit && *last_start + u64::from(*last_length) == start =>
+                {
+                    match u32::try_from(u64::from(*last_length) + u64::from(length)) {
+                        Ok(joined) => *last_length = joined,
+                        Err(_) => merged.push((start, length, unit)),
+                    }
+                }
+                _ => merged.push((start, length, unit)),
+            }
+        }
+        let ranges = merged;
         starts.sort_unstable();
         let mut functions = Vec::new();
         if let Ok(object) = object::File::parse(self.data) {

@@ -154,10 +154,13 @@ impl Symbolizer {
             .len()
     }
 
-    /// Bytes the index holds (entries, shared chains and strings), approximately.
+    /// Bytes the index holds (entries, shared chains and strings, and the debug info's lookup
+    /// tables), approximately.
     pub fn index_bytes(&self) -> usize {
+        let tables = dwarf::DebugInfo::loaded().map_or(0, dwarf::DebugInfo::table_bytes);
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        index.bytes
+        tables
+            + index.bytes
             + index.frames.capacity() * (size_of::<u64>() + size_of::<Arc<[Frame]>>() + 1)
             + index.chains.capacity() * (size_of::<Arc<[Frame]>>() + 1)
             + index.strings.capacity() * (size_of::<Arc<str>>() + 1)
