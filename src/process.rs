@@ -111,10 +111,12 @@ const FLUSH_THREAD_CACHE: &CStr = c"thread.tcache.flush";
 /// where it was. A thread that just freed a big structure (debug info) also keeps thousands of
 /// its small objects in its own cache, which would hold their pages: flushed first.
 pub fn return_freed_memory() {
-    for control in [FLUSH_THREAD_CACHE, PURGE_ALL_ARENAS] {
-        if let Err(code) = void_mallctl(control) {
-            tracing::warn!(code, control = ?control, "jemalloc control failed");
-        }
+    // A thread without a cache (`tcache:false`) has nothing to flush: not worth a warning.
+    if let Err(code) = void_mallctl(FLUSH_THREAD_CACHE) {
+        tracing::debug!(code, "jemalloc thread cache flush failed");
+    }
+    if let Err(code) = void_mallctl(PURGE_ALL_ARENAS) {
+        tracing::warn!(code, "jemalloc arena purge failed");
     }
 }
 

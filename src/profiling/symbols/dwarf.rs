@@ -81,7 +81,7 @@ impl DebugInfo {
 
     fn map(path: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let file = std::fs::File::open(path)?;
-        // SAFETY: a private read-only mapping of our own executable, which the loader also maps
+        // SAFETY: a read-only mapping of our own executable, which the loader also maps
         // and which is not modified while this process runs.
         #[allow(unsafe_code)]
         let map = unsafe { Mmap::map(&file) }?;
@@ -193,8 +193,9 @@ impl DebugInfo {
         let (start, len) = (self.data.as_ptr(), self.data.len());
         let page = 4096usize;
         let aligned = (start as usize) & !(page - 1);
-        // SAFETY: the range covers only our own read-only private file mapping, which is never
-        // written: dropping its pages only makes the next read fault them in again.
+        // SAFETY: the range covers only our own read-only file mapping, which is never written:
+        // dropping its pages from this process only makes the next read fault them in again
+        // from the page cache.
         #[allow(unsafe_code)]
         unsafe {
             libc::madvise(
