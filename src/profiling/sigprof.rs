@@ -279,11 +279,12 @@ impl Shared {
         {
             // SAFETY: `WRITING` gives this handler the slot; `busy` gives it the cache.
             let (data, cache) = unsafe { (&mut *slot.data.get(), &mut *self.cache.get()) };
+            let mut pages = MappedPages::default();
             data.depth = match registers(context) {
                 Some((pc, regs)) => {
                     self.unwinder
                         .unwind(pc, regs, cache, &mut data.addresses, &mut |address| {
-                            self.read_stack(address)
+                            self.read_stack(address, &mut pages)
                         })
                 }
                 None => 0,
@@ -298,14 +299,21 @@ impl Shared {
         self.busy.store(false, Ordering::Release);
     }
 
-    /// Reads one word of the interrupted stack, if it is mapped: the kernel copies it through
-    /// the pipe, failing with `EFAULT` rather than faulting.
-    fn read_stack(&self, address: u64) -> Result<u64, ()> {
+    /// Reads one word of the interrupted stack, if it is mapped. The first read in a page goes
+    /// through the pipe (the kernel copies the word, failing with `EFAULT` rather than faulting);
+    /// later reads in a page already proven mapped are plain loads. The interrupted thread is
+    /// the one running this handler, so its stack cannot be unmapped meanwhile.
+    fn read_stack(&self, address: u64, pages: &mut MappedPages) -> Result<u64, ()> {
         let aligned = address & !0b111;
+        if pages.contains(aligned) {
+            // SAFETY: the word lies in a page this unwind has already read through the kernel,
+            // 8-aligned, so it does not cross into the next page.
+            return Ok(unsafe { std::ptr::read_volatile(aligned as *const u64) });
+        }
         let (read, write) = (self.probe.0.as_raw_fd(), self.probe.1.as_raw_fd());
         // SAFETY: `write` only reads 8 bytes at `aligned`, which the kernel checks; `read` writes
         // 8 bytes into `value`.
-        unsafe {
+        let value = unsafe {
             if libc::write(write, aligned as *const c_void, 8) != 8 {
                 return Err(());
             }
@@ -313,7 +321,36 @@ impl Shared {
             if libc::read(read, (&raw mut value).cast(), 8) != 8 {
                 return Err(());
             }
-            Ok(value)
+            value
+        };
+        pages.insert(aligned);
+        Ok(value)
+    }
+}
+
+/// The stack pages one unwind has proven mapped (a few: a stack is read upwards from its
+/// pointer). Lives on the handler's stack: no allocation.
+#[derive(Default)]
+struct MappedPages {
+    pages: [u64; 8],
+    len: usize,
+}
+
+impl MappedPages {
+    const PAGE: u64 = 4096;
+
+    fn contains(&self, address: u64) -> bool {
+        let page = address / Self::PAGE;
+        self.pages[..self.len].contains(&page)
+    }
+
+    fn insert(&mut self, address: u64) {
+        let page = address / Self::PAGE;
+        if self.len < self.pages.len() {
+            self.pages[self.len] = page;
+            self.len += 1;
+        } else {
+            self.pages[(page as usize) % self.pages.len()] = page;
         }
     }
 }
