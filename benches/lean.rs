@@ -102,14 +102,12 @@ impl Program {
     }
 }
 
-/// The address in leakfinder's start-up line (`addr=...`) or the fixture's `listening on ...`.
+/// The address in leakfinder's start-up line or the fixture's `listening on ...`.
 fn listening_addr(line: &str) -> Option<String> {
-    if let Some(addr) = line.strip_prefix("listening on ") {
-        return Some(addr.trim().to_owned());
+    match line.strip_prefix("listening on ") {
+        Some(addr) => Some(addr.trim().to_owned()),
+        None => helpers::listening_addr(line),
     }
-    let rest = &line[line.find("leakfinder listening")?..];
-    let rest = &rest[rest.find(" addr=")? + 6..];
-    Some(rest.split_whitespace().next()?.to_owned())
 }
 
 /// One HTTP/1.1 GET on a fresh connection: the status and the body.
@@ -207,21 +205,8 @@ fn wrk(addr: &str, path: &str, seconds: u32) -> (f64, u64) {
 }
 
 fn build_go_seed() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join("target/goseed/goseed");
-    let built = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .current_dir(root.join("tests/fixtures/goseed"))
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .expect("go is installed");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/goseed/goseed");
+    helpers::build_go("goseed", &binary);
     binary
 }
 

@@ -70,7 +70,7 @@ pub fn spawn_app(env: &[(&str, &str)]) -> TestApp {
 }
 
 /// The `addr=` field of the start-up line.
-fn listening_addr(line: &str) -> Option<String> {
+pub fn listening_addr(line: &str) -> Option<String> {
     if !line.contains("leakfinder listening") {
         return None;
     }
@@ -193,13 +193,19 @@ impl Drop for Listening {
 
 /// Builds the Go fixture `tests/fixtures/NAME` with the local toolchain and starts it with `args`.
 pub fn start_go(name: &str, args: &[&str]) -> Listening {
+    let binary = std::env::temp_dir().join(format!("leakfinder-{name}-{}", std::process::id()));
+    build_go(name, &binary);
+    start_listening(Command::new(&binary).args(args))
+}
+
+/// Builds the Go fixture `tests/fixtures/NAME` into `binary` with the local toolchain.
+pub fn build_go(name: &str, binary: &std::path::Path) {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
-    let binary = std::env::temp_dir().join(format!("leakfinder-{name}-{}", std::process::id()));
     let built = Command::new("go")
         .args(["build", "-o"])
-        .arg(&binary)
+        .arg(binary)
         .arg(".")
         .current_dir(&source)
         .env("GOTOOLCHAIN", "local")
@@ -211,7 +217,6 @@ pub fn start_go(name: &str, args: &[&str]) -> Listening {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    start_listening(Command::new(&binary).args(args))
 }
 
 /// Starts a fixture that prints `listening on ADDR` first.
