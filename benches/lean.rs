@@ -9,7 +9,10 @@
 //! - RSS above the leaked bytes with 1 GiB leaked, and the heap profile's latency then
 //!   (Go's with `?gc=1`, as `go tool pprof` users take it);
 //! - the share of the service's CPU spent symbolising during 10 minutes of pushes to a recording
-//!   Pyroscope sink with every leak running, read from the pushed CPU profiles themselves.
+//!   Pyroscope sink with every leak running: the service's own account of it
+//!   (`symbolising_cpu_ms` in `/leak-test`) against its CPU time in `/proc`, and, printed beside
+//!   it, the share of the pushed CPU profiles' samples with a symbolising frame, with the
+//!   functions those samples were in.
 //!
 //! `cargo bench --bench lean`. Needs `go` and `wrk`. Fails if a request fails or a row misses
 //! its target, except the rows listed in [`NOT_YET_MET`] (issue 10 stays open for them): those
@@ -37,11 +40,7 @@ const GIB: u64 = 1 << 30;
 const ROUNDS: usize = 5;
 
 /// Targets issue 10 asks for that this build does not meet yet; everything else fails the run.
-const NOT_YET_MET: &[&str] = &[
-    "RSS above the leaked bytes, 1 GiB",
-    "heap profile p99 (ms)",
-    "symbolising share",
-];
+const NOT_YET_MET: &[&str] = &["symbolising share"];
 
 /// One program under test, listening.
 struct Server {
@@ -442,14 +441,21 @@ fn symbolising_share(table: &mut Table, minutes: u64) {
     for kind in ["slice", "channel", "mutex"] {
         json(&server.addr, &format!("/start-leak/{kind}"));
     }
-    let cpu_before = cpu_time(&server);
+    let symbolising_ms = |server: &Server| {
+        json(&server.addr, "/leak-test")["process"]["symbolising_cpu_ms"]
+            .as_f64()
+            .expect("/leak-test reports symbolising_cpu_ms")
+    };
+    let (cpu_before, symbolising_before) = (cpu_time(&server), symbolising_ms(&server));
     for minute in 1..=minutes {
         std::thread::sleep(Duration::from_secs(60));
         println!("  pushes: minute {minute} of {minutes}");
     }
+    let symbolising_used = symbolising_ms(&server) - symbolising_before;
     let cpu_used = cpu_time(&server) - cpu_before;
     drop(server);
     let (mut all, mut symbolising) = (0i64, 0i64);
+    let mut leaves = std::collections::HashMap::new();
     for request in sink.taken(telemetry::PUSH_PATH) {
         let push = PushRequest::decode(request.body.as_slice()).expect("a push.v1 PushRequest");
         for series in push.series {
@@ -460,27 +466,46 @@ fn symbolising_share(table: &mut Table, minutes: u64) {
             for sample in series.samples.iter().filter(|_| cpu) {
                 let profile = leakfinder::profiling::pprof::decode(&sample.raw_profile, 64 << 20)
                     .expect("a pprof CPU profile");
-                let (s, a) = count_symbolising(&profile);
+                let (s, a) = count_symbolising(&profile, &mut leaves);
                 symbolising += s;
                 all += a;
             }
         }
     }
     assert!(all > 0, "the sink received CPU profiles");
+    let mut leaves: Vec<(String, i64)> = leaves.into_iter().collect();
+    leaves.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    for (leaf, count) in leaves.iter().take(8) {
+        println!("  symbolising samples in {leaf}: {count}");
+    }
     println!(
-        "  {all} CPU samples pushed, {symbolising} symbolising; process CPU {:.1} s",
+        "  {all} CPU samples pushed, {symbolising} symbolising; process CPU {:.1} s, {symbolising_used:.0} ms of it symbolising",
         cpu_used.as_secs_f64()
     );
+    // The service's own account (thread CPU time around every symbolising call) against the
+    // process's CPU time from /proc. The pushed profile's samples are few (100 Hz of a mostly
+    // idle process: a 2 % target is 4 samples) and, for this bursty load, hold only a third to a
+    // half of the CPU time /proc counts,
+    // so their share is printed beside it, not tested.
     table.single(
         "symbolising share",
         "%",
-        &[symbolising as f64 * 100.0 / all as f64],
+        &[symbolising_used * 100.0 / (cpu_used.as_secs_f64() * 1000.0)],
         Target::AtMost(2.0),
+    );
+    table.single(
+        "symbolising share of the pushed CPU samples",
+        "%",
+        &[symbolising as f64 * 100.0 / all as f64],
+        Target::None,
     );
 }
 
 /// Samples (by count) in a CPU profile, and those with a symbolising frame.
-fn count_symbolising(profile: &leakfinder::profiling::pprof::Profile) -> (i64, i64) {
+fn count_symbolising(
+    profile: &leakfinder::profiling::pprof::Profile,
+    leaves: &mut std::collections::HashMap<String, i64>,
+) -> (i64, i64) {
     let name = |index: i64| profile.string_table[index as usize].as_str();
     let symbolising_function: std::collections::HashSet<u64> = profile
         .function
@@ -512,6 +537,14 @@ fn count_symbolising(profile: &leakfinder::profiling::pprof::Profile) -> (i64, i
             .any(|id| symbolising_location.contains(id))
         {
             symbolising += count;
+            let leaf = sample
+                .location_id
+                .first()
+                .and_then(|id| profile.location.iter().find(|location| location.id == *id))
+                .and_then(|location| location.line.first())
+                .and_then(|line| profile.function.iter().find(|f| f.id == line.function_id))
+                .map_or("?", |function| name(function.name));
+            *leaves.entry(leaf.to_owned()).or_default() += count;
         }
     }
     (symbolising, all)

@@ -16,15 +16,26 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's start-up options, read before `main` runs: sample one allocation every 512 KiB on
-/// average (`2^19`, Go's default rate) for the heap profile, from the first allocation on.
+/// jemalloc's start-up options, read before `main` runs:
+/// - sample one allocation every 512 KiB on average (`2^19`, Go's default rate) for the heap
+///   profile, from the first allocation on;
+/// - one arena, not four per core: this service's few threads allocate little outside their
+///   thread caches, and every arena keeps pages and metadata of its own;
+/// - no random page offset for large allocations (`cache_oblivious`), which costs each of them
+///   an extra page.
+///
+/// With 1 GiB leaked in 1 MiB chunks, the last two take the RSS above the leaked bytes from
+/// 17.2 to 15.4 MiB (measured with the lean benchmark's `gib` section).
+///
 /// Global by necessity: jemalloc looks this symbol up by name.
 #[allow(unsafe_code)]
 #[unsafe(export_name = "malloc_conf")]
 pub static MALLOC_CONF: Option<&'static c_char> = Some(
     // SAFETY: a C string literal is NUL-terminated and 'static; jemalloc reads it as a
     // `const char *`, which is what `Option<&c_char>` is laid out as.
-    unsafe { &*c"prof:true,prof_active:true,lg_prof_sample:19".as_ptr() },
+    unsafe {
+        &*c"prof:true,prof_active:true,lg_prof_sample:19,narenas:1,cache_oblivious:false".as_ptr()
+    },
 );
 
 fn main() -> ExitCode {

@@ -88,6 +88,9 @@ pub struct ProcessState {
     /// Bytes held by the symbol index: every address the profiles have named, with its frames
     /// (part of `heap_allocated_bytes`, never part of the heap profile).
     pub symbol_index_bytes: u64,
+    /// CPU milliseconds spent symbolising since start, all profiles together (debug info is read
+    /// once per line of code; every later profile finds its addresses in the index).
+    pub symbolising_cpu_ms: u64,
 }
 
 /// How the leaks grow.
@@ -180,6 +183,7 @@ impl StatusApi {
                     .num_alive_tasks() as u64,
                 memory_age_ms: reading.age.as_millis() as u64,
                 symbol_index_bytes: self.state.profilers.symbols.index_bytes() as u64,
+                symbolising_cpu_ms: self.state.profilers.symbols.cpu_time().as_millis() as u64,
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

@@ -5,7 +5,6 @@
 //! Parsing, un-sampling, trimming and building are pure functions; [`dump`] is the only I/O.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 
 use super::ProfilingError;
@@ -213,22 +212,22 @@ pub fn build_profile(heap: &RawHeap, frames: &HashMap<u64, Arc<[Frame]>>) -> Pro
 }
 
 /// Dumps jemalloc's heap profile, symbolises it and builds the pprof profile. Blocking.
+///
+/// Its own allocations (the dump's text, the parsed stacks, the profile) are not sampled: they
+/// are gone when it returns, and sampled they would bring the profiler's own stacks into the
+/// next profiles, each a new set of addresses to symbolise.
 pub fn dump(symbolizer: &Symbolizer) -> Result<Profile, ProfilingError> {
+    let _unsampled = super::jemalloc::UnsampledThread::begin();
     let control = jemalloc_pprof::PROF_CTL
         .as_ref()
         .ok_or(ProfilingError::HeapProfilingDisabled)?;
     let text = {
-        let mut control = control.blocking_lock();
+        let control = control.blocking_lock();
         if !control.activated() {
             return Err(ProfilingError::HeapProfilingDisabled);
         }
-        let mut file = control
-            .dump()
-            .map_err(|error| ProfilingError::Dump(format!("{error:#}")))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(|error| ProfilingError::Dump(error.to_string()))?;
-        text
+        super::jemalloc::dump_heap_profile()
+            .map_err(|error| ProfilingError::Dump(error.to_string()))?
     };
     let heap = parse_heap_v2(&text).map_err(|error| ProfilingError::Dump(error.to_string()))?;
     let addresses = heap

@@ -571,24 +571,14 @@ mod tests {
 
     #[inline(never)]
     fn spin_for_cpu(cpu: Duration) -> u64 {
-        let started = thread_cpu_time();
+        let started = crate::process::thread_cpu_time();
         let mut spin = 0u64;
-        while thread_cpu_time() - started < cpu {
+        while crate::process::thread_cpu_time() - started < cpu {
             for i in 0..10_000u64 {
                 spin = std::hint::black_box(spin.wrapping_mul(31).wrapping_add(i));
             }
         }
         spin
-    }
-
-    fn thread_cpu_time() -> Duration {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `clock_gettime` writes one `timespec`.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
     }
 
     /// One session per process: the tests that start sessions take turns.

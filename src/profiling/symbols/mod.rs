@@ -1,17 +1,24 @@
 //! In-process symbolisation: instruction addresses to functions, files and lines, inline frames
 //! included, so every profile this service serves is readable without the binary.
 //!
-//! Each address is resolved once ([`dwarf`] reads only the units that hold new addresses) and
-//! kept in a compact, long-lived index: every function, file and inline chain is stored once and
-//! shared by the addresses that use it. The index is bounded, reported in `/leak-test`
-//! (`symbol_index_bytes`), and built on threads whose allocations jemalloc does not sample, so
-//! it never shows in the heap profile it helps to produce.
+//! Each address is resolved once ([`dwarf`] reads only the units that hold new addresses, and
+//! only as far as they need) and kept in a compact, long-lived index: every function, file and
+//! inline chain is stored once and shared by the addresses that use it, and the span of addresses
+//! sharing an address's frames is kept too, so a new address inside it (the next CPU sample on the
+//! same line) needs no debug info. The index is bounded, reported in `/leak-test`
+//! (`symbol_index_bytes`, and the CPU it has cost as `symbolising_cpu_ms`), and built on threads
+//! whose allocations jemalloc does not sample, so it never shows in the heap profile it helps to
+//! produce.
 
 pub mod dwarf;
+mod lines;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::jemalloc::UnsampledThread;
 use super::pprof::Frame;
@@ -29,12 +36,17 @@ pub struct Symbolizer {
     /// One batch of new addresses resolves at a time, so two profiles that meet the same new
     /// addresses read their debug info once.
     resolving: Mutex<()>,
+    /// CPU time spent in [`Self::resolve`], in nanoseconds.
+    cpu_nanos: AtomicU64,
 }
 
 /// Resolved addresses, their frame chains and strings, each stored once.
 #[derive(Default)]
 struct Index {
     frames: HashMap<u64, Arc<[Frame]>>,
+    /// Spans of addresses known to share a chain (the same line in the same inlined calls),
+    /// by start: end and chain. A new address inside one needs no debug info.
+    spans: BTreeMap<u64, (u64, Arc<[Frame]>)>,
     chains: HashSet<Arc<[Frame]>>,
     strings: HashSet<Arc<str>>,
     /// Bytes the index holds, approximately: its entries and the strings and chains they share.
@@ -52,7 +64,8 @@ impl Index {
         interned
     }
 
-    fn insert(&mut self, address: u64, frames: Vec<Frame>) {
+    /// Keeps an address's frames, and the span of addresses sharing them (if wider than it).
+    fn insert(&mut self, address: u64, frames: Vec<Frame>, span: Range<u64>) {
         let chain: Arc<[Frame]> = match self.chains.get(frames.as_slice()) {
             Some(chain) => Arc::clone(chain),
             None => {
@@ -62,8 +75,24 @@ impl Index {
                 chain
             }
         };
+        if span.end - span.start > 1 && span.contains(&address) {
+            // A BTreeMap entry: key, end, chain, and its share of the node.
+            self.bytes += 2 * size_of::<u64>() + 2 * size_of::<Arc<[Frame]>>();
+            self.spans
+                .insert(span.start, (span.end, Arc::clone(&chain)));
+        }
+        self.insert_chain(address, chain);
+    }
+
+    fn insert_chain(&mut self, address: u64, chain: Arc<[Frame]>) {
         self.bytes += size_of::<u64>() + size_of::<Arc<[Frame]>>();
         self.frames.insert(address, chain);
+    }
+
+    /// The chain of a known span holding `address`.
+    fn in_span(&self, address: u64) -> Option<Arc<[Frame]>> {
+        let (_, (end, chain)) = self.spans.range(..=address).next_back()?;
+        (address < *end).then(|| Arc::clone(chain))
     }
 }
 
@@ -101,11 +130,12 @@ impl Symbolizer {
     /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
     /// Blocking: run it off the async workers.
     pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<[Frame]>> {
+        let started = crate::process::thread_cpu_time();
+        // The index is long-lived: neither it nor the reading shows in the heap profile.
+        let _unsampled = UnsampledThread::begin();
         let wanted: HashSet<u64> = addresses.into_iter().collect();
         let missing = self.missing(&wanted);
         if !missing.is_empty() {
-            // The index is long-lived: neither it nor the reading shows in the heap profile.
-            let _unsampled = UnsampledThread::begin();
             let _one_batch = self
                 .resolving
                 .lock()
@@ -117,7 +147,7 @@ impl Symbolizer {
             if index.frames.len() + resolved.len() > MAX_INDEXED_ADDRESSES {
                 *index = Index::default();
             }
-            for (address, frames) in resolved {
+            for (address, frames, span) in resolved {
                 let frames = frames
                     .into_iter()
                     .map(|frame| Frame {
@@ -126,23 +156,39 @@ impl Symbolizer {
                         line: frame.line,
                     })
                     .collect();
-                index.insert(address, frames);
+                index.insert(address, frames, span);
             }
         }
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        wanted
+        let frames = wanted
             .into_iter()
             .filter_map(|address| Some((address, Arc::clone(index.frames.get(&address)?))))
-            .collect()
+            .collect();
+        let spent = crate::process::thread_cpu_time().saturating_sub(started);
+        self.cpu_nanos
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        frames
     }
 
+    /// The wanted addresses not indexed yet; those inside a known span are indexed on the way.
     fn missing(&self, wanted: &HashSet<u64>) -> Vec<u64> {
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        wanted
-            .iter()
-            .copied()
-            .filter(|address| !index.frames.contains_key(address))
-            .collect()
+        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut missing = Vec::new();
+        for &address in wanted {
+            if index.frames.contains_key(&address) {
+                continue;
+            }
+            match index.in_span(address) {
+                Some(chain) => index.insert_chain(address, chain),
+                None => missing.push(address),
+            }
+        }
+        missing
+    }
+
+    /// CPU time this symboliser has spent in [`Self::resolve`], all threads together.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_nanos(self.cpu_nanos.load(Ordering::Relaxed))
     }
 
     /// How many addresses are indexed.
@@ -167,8 +213,9 @@ impl Symbolizer {
     }
 }
 
-/// Frames for each address (`function`, `file`, `line` as plain strings), innermost first.
-fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>)> {
+/// Frames for each address (`function`, `file`, `line` as plain strings), innermost first, and
+/// the span of addresses around it with the same frames.
+fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
     let executable = Executable::current();
     let debug_info = dwarf::DebugInfo::executable();
     let mut in_executable: Vec<(u64, u64)> = Vec::new();
@@ -183,7 +230,7 @@ fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>)> {
             (Some(file_address), Some(_)) => in_executable.push((address, file_address)),
             _ => {
                 let frame = shared_object_frame(address).unwrap_or_else(|| unknown_frame(address));
-                resolved.push((address, vec![frame]));
+                resolved.push((address, vec![frame], address..address + 1));
             }
         }
     }
@@ -191,9 +238,16 @@ fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>)> {
         let file_addresses: Vec<u64> = in_executable.iter().map(|&(_, file)| file).collect();
         let mut frames = debug_info.resolve(&file_addresses);
         for (address, file_address) in in_executable {
+            let (frames, span) = match frames.remove(&file_address) {
+                // The span in file addresses, moved by the same load bias as the address.
+                Some(dwarf::Resolved { frames, span }) => (
+                    frames,
+                    span.start.wrapping_add(address.wrapping_sub(file_address))
+                        ..span.end.wrapping_add(address.wrapping_sub(file_address)),
+                ),
+                None => (Vec::new(), address..address + 1),
+            };
             let frames: Vec<Frame> = frames
-                .remove(&file_address)
-                .unwrap_or_default()
                 .into_iter()
                 .map(|frame| Frame {
                     function: frame.function.into(),
@@ -201,12 +255,12 @@ fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>)> {
                     line: frame.line,
                 })
                 .collect();
-            let frames = if frames.is_empty() {
-                vec![unknown_frame(address)]
+            let (frames, span) = if frames.is_empty() {
+                (vec![unknown_frame(address)], address..address + 1)
             } else {
-                frames
+                (frames, span)
             };
-            resolved.push((address, frames));
+            resolved.push((address, frames, span));
         }
     }
     resolved
@@ -323,6 +377,18 @@ mod tests {
             Arc::ptr_eq(&again[&address], &frames[&address]),
             "served from the cache"
         );
+        // Another address on the same line of the same function comes from the span, with no
+        // new lookup (which would add a span).
+        let (spans, neighbour) = {
+            let index = symbolizer.index.lock().unwrap();
+            let (_, (end, _)) = index.spans.range(..=address).next_back().expect("a span");
+            (index.spans.len(), end - 1)
+        };
+        assert_ne!(neighbour, address, "the span is wider than the address");
+        let near = symbolizer.resolve([neighbour]);
+        assert!(Arc::ptr_eq(&near[&neighbour], &frames[&address]));
+        assert_eq!(symbolizer.index.lock().unwrap().spans.len(), spans);
+        assert_eq!(symbolizer.cached_addresses(), 2);
     }
 
     #[test]
