@@ -75,24 +75,24 @@ impl Index {
                 chain
             }
         };
-        if span.end - span.start > 1 && span.contains(&address) {
+        if span.end.saturating_sub(span.start) > 1 && span.contains(&address) {
             // A BTreeMap entry: key, end, chain, and its share of the node.
             self.bytes += 2 * size_of::<u64>() + 2 * size_of::<Arc<[Frame]>>();
             self.spans
                 .insert(span.start, (span.end, Arc::clone(&chain)));
         }
-        self.insert_chain(address, chain);
-    }
-
-    fn insert_chain(&mut self, address: u64, chain: Arc<[Frame]>) {
         self.bytes += size_of::<u64>() + size_of::<Arc<[Frame]>>();
         self.frames.insert(address, chain);
     }
 
-    /// The chain of a known span holding `address`.
-    fn in_span(&self, address: u64) -> Option<Arc<[Frame]>> {
+    /// The chain of an address: its own, or that of a known span holding it. Addresses found
+    /// through a span are not added, so the index grows only with what debug info resolved.
+    fn chain(&self, address: u64) -> Option<&Arc<[Frame]>> {
+        if let Some(chain) = self.frames.get(&address) {
+            return Some(chain);
+        }
         let (_, (end, chain)) = self.spans.range(..=address).next_back()?;
-        (address < *end).then(|| Arc::clone(chain))
+        (address < *end).then_some(chain)
     }
 }
 
@@ -162,7 +162,7 @@ impl Symbolizer {
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         let frames = wanted
             .into_iter()
-            .filter_map(|address| Some((address, Arc::clone(index.frames.get(&address)?))))
+            .filter_map(|address| Some((address, Arc::clone(index.chain(address)?))))
             .collect();
         let spent = crate::process::thread_cpu_time().saturating_sub(started);
         self.cpu_nanos
@@ -170,20 +170,14 @@ impl Symbolizer {
         frames
     }
 
-    /// The wanted addresses not indexed yet; those inside a known span are indexed on the way.
+    /// The wanted addresses neither indexed nor inside a known span.
     fn missing(&self, wanted: &HashSet<u64>) -> Vec<u64> {
-        let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut missing = Vec::new();
-        for &address in wanted {
-            if index.frames.contains_key(&address) {
-                continue;
-            }
-            match index.in_span(address) {
-                Some(chain) => index.insert_chain(address, chain),
-                None => missing.push(address),
-            }
-        }
-        missing
+        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted
+            .iter()
+            .copied()
+            .filter(|&address| index.chain(address).is_none())
+            .collect()
     }
 
     /// CPU time this symboliser has spent in [`Self::resolve`], all threads together.
@@ -388,7 +382,11 @@ mod tests {
         let near = symbolizer.resolve([neighbour]);
         assert!(Arc::ptr_eq(&near[&neighbour], &frames[&address]));
         assert_eq!(symbolizer.index.lock().unwrap().spans.len(), spans);
-        assert_eq!(symbolizer.cached_addresses(), 2);
+        assert_eq!(
+            symbolizer.cached_addresses(),
+            1,
+            "found through the span, not added"
+        );
     }
 
     #[test]
