@@ -407,11 +407,11 @@ async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile()
         "{after_first}\n{after_many}"
     );
     assert!(num(&after_many, "process/symbol_index_bytes") <= 4 * MIB);
-    // Symbolising is accounted: the first profiles' new addresses cost CPU time, the same
-    // profiles again find theirs in the index and add little.
-    let symbolising = |report: &serde_json::Value| num(report, "process/symbolising_cpu_ms");
-    assert!(symbolising(&after_first) > 0, "{after_first}");
-    assert!(symbolising(&after_many) >= symbolising(&after_first));
+    // Symbolising is accounted: the first profiles' new addresses cost CPU time.
+    assert!(
+        num(&after_first, "process/symbolising_cpu_ms") > 0,
+        "{after_first}"
+    );
     assert!(allocated(&after_many) <= 48 * MIB, "{after_many}");
     assert!(
         num(&after_many, "process/rss_bytes") <= 64 * MIB,

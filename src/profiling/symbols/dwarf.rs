@@ -11,9 +11,10 @@
 //!
 //! The executable is mapped once, read-only, for the life of the process: the mapping costs no
 //! memory until it is read, and the pages a unit's read touched are dropped from this process
-//! again (`MADV_DONTNEED`) after it, so symbolising never holds more than one unit's pages. General-purpose readers
-//! (addr2line) parse every unit's header, ranges and abbreviations up front, which for this 85 MB
-//! binary of about 4,000 units costs 60 to 100 ms and 30 to 45 MB per load.
+//! again (`MADV_DONTNEED`) after it, so symbolising never holds more than one unit's pages.
+//! General-purpose readers (addr2line) parse every unit's header, ranges and abbreviations up
+//! front, which for this 85 MB binary of about 4,000 units costs 60 to 100 ms and 30 to 45 MB per
+//! load.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -400,21 +401,9 @@ impl DebugInfo {
         };
         let mut entries = unit.entries_raw(Some(offset))?;
         let found = map.functions.len();
-        while !entries.is_empty() {
-            let depth = base + entries.next_depth();
-            let offset = entries.next_offset();
-            let Some(abbrev) = entries.read_abbreviation()? else {
-                continue;
-            };
-            if skipping.is_some_and(|function| depth > function) {
-                entries.skip_attributes(abbrev.attributes())?;
-                continue;
-            }
-            skipping = None;
-            if abbrev.tag() != gimli::DW_TAG_subprogram {
-                entries.skip_attributes(abbrev.attributes())?;
-                continue;
-            }
+        while let Some((depth, offset, abbrev)) =
+            next_scope(&mut entries, base, isize::MIN, &mut skipping, false)?
+        {
             let attributes = self.read_scope(unit, &mut entries, abbrev)?;
             let Ok(die) = u32::try_from(offset.0) else {
                 continue;
@@ -460,27 +449,12 @@ impl DebugInfo {
     ) -> gimli::Result<()> {
         let mut entries = unit.entries_raw(Some(function))?;
         let mut skipping: Option<isize> = None;
-        let mut first = true;
-        while !entries.is_empty() {
-            let depth = entries.next_depth();
-            let offset = entries.next_offset();
-            if !first && depth <= 0 {
-                break;
-            }
-            let Some(abbrev) = entries.read_abbreviation()? else {
-                continue;
-            };
-            first = false;
-            if skipping.is_some_and(|skipped| depth > skipped) {
-                entries.skip_attributes(abbrev.attributes())?;
-                continue;
-            }
-            skipping = None;
-            let tag = abbrev.tag();
-            if tag != gimli::DW_TAG_subprogram && tag != gimli::DW_TAG_inlined_subroutine {
-                entries.skip_attributes(abbrev.attributes())?;
-                continue;
-            }
+        // The function's DIE is at depth 0; its subtree ends at the next DIE back at 0.
+        let mut floor = isize::MIN;
+        while let Some((depth, offset, abbrev)) =
+            next_scope(&mut entries, 0, floor, &mut skipping, true)?
+        {
+            floor = 0;
             let attributes = self.read_scope(unit, &mut entries, abbrev)?;
             let mut holds_probe = false;
             for (begin, end) in self.code_ranges(unit, &attributes)? {
@@ -797,6 +771,40 @@ struct ScopeAttributes {
 enum HighPc {
     Address(u64),
     Length(u64),
+}
+
+/// The next function (and, with `inlined`, inlined call) in a raw DIE stream: its depth (counted
+/// from `base`), offset and abbreviation, with the cursor at its attributes. DIEs inside the
+/// subtree being skipped (`skipping`: its root's depth) and of other tags are passed over;
+/// `None` once the stream ends or comes back to depth `floor`.
+fn next_scope<'abbrev>(
+    entries: &mut gimli::EntriesRaw<'abbrev, Reader>,
+    base: isize,
+    floor: isize,
+    skipping: &mut Option<isize>,
+    inlined: bool,
+) -> gimli::Result<Option<(isize, UnitOffset, &'abbrev gimli::Abbreviation)>> {
+    while !entries.is_empty() {
+        let depth = base + entries.next_depth();
+        let offset = entries.next_offset();
+        if depth <= floor {
+            return Ok(None);
+        }
+        let Some(abbrev) = entries.read_abbreviation()? else {
+            continue;
+        };
+        if skipping.is_some_and(|skipped| depth > skipped) {
+            entries.skip_attributes(abbrev.attributes())?;
+            continue;
+        }
+        *skipping = None;
+        let tag = abbrev.tag();
+        if tag == gimli::DW_TAG_subprogram || (inlined && tag == gimli::DW_TAG_inlined_subroutine) {
+            return Ok(Some((depth, offset, abbrev)));
+        }
+        entries.skip_attributes(abbrev.attributes())?;
+    }
+    Ok(None)
 }
 
 /// Reads the unit's line program on from where the map stopped, until the sequence holding
