@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# A release build that keeps line tables and symbols (profiles carry names and lines), with
-# dependencies cached by cargo-chef, run as a non-root user.
+# A release build that keeps line tables and symbols (profiles carry names and lines) and ships
+# with its prebuilt symbol table, with dependencies cached by cargo-chef, run as a non-root user.
 
 FROM rust:1.95.0-slim-bookworm AS chef
 # jemalloc's build needs make; cargo-chef caches the dependency build.
@@ -22,11 +22,14 @@ COPY .cargo .cargo
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin leakfinder
 COPY . .
-RUN cargo build --release --locked --bin leakfinder
+RUN cargo build --release --locked --bin leakfinder \
+    && target/release/leakfinder symbols
 
 FROM debian:12.12-slim AS runtime
 RUN useradd --system --uid 10001 --no-create-home leakfinder
-COPY --from=builder /app/target/release/leakfinder /usr/local/bin/leakfinder
+# The binary and its symbol table (written by `leakfinder symbols` above, matched by build ID),
+# so profiles are symbolised without reading debug info.
+COPY --from=builder /app/target/release/leakfinder /app/target/release/leakfinder.symbols /usr/local/bin/
 USER 10001
 ENV LEAKFINDER_ADDR=0.0.0.0:8080
 EXPOSE 8080

@@ -14,6 +14,9 @@
 //!   it, the share of the pushed CPU profiles' samples with a symbolising frame, with the
 //!   functions those samples were in.
 //!
+//! Before the rows, it writes the binary's symbol table (`leakfinder symbols`), as the Dockerfile
+//! does after building: the service is measured as it ships.
+//!
 //! `cargo bench --bench lean`. Needs `go` and `wrk`. Fails if a request fails or a row misses
 //! its target, except the rows listed in [`NOT_YET_MET`] (issue 10 stays open for them): those
 //! print their figures and "not yet met".
@@ -553,6 +556,21 @@ fn count_symbolising(
     (symbolising, all)
 }
 
+/// The build step the Dockerfile runs after `cargo build`: the symbol table beside the binary,
+/// which the service symbolises through (as Go's binaries carry their `pclntab`).
+fn write_symbol_table() {
+    let written = Command::new(BINARY)
+        .arg("symbols")
+        .output()
+        .expect("the leakfinder binary runs");
+    assert!(
+        written.status.success(),
+        "leakfinder symbols: {}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    print!("{}", String::from_utf8_lossy(&written.stdout));
+}
+
 /// `-- --only SECTION` runs one section (`start-up`, `leak-test`, `safe-test`, `gib`,
 /// `symbolising`); `-- --minutes N` shortens the pushes (the issue's figure is for 10).
 fn main() {
@@ -570,6 +588,7 @@ fn main() {
         "leakfinder beside the Go seed (tests/fixtures/goseed), interleaved; ratios Rust / Go"
     );
     let go = build_go_seed();
+    write_symbol_table();
     let mut table = Table::default();
     if runs("start-up") {
         start_up_and_idle(&mut table, &go);

@@ -129,6 +129,19 @@ pub enum Command {
     /// Watches a service's heap and task profiles and reports what leaks (exit 0: nothing,
     /// 1: leaks found, 2: error). Works on this service and on any Go `net/http/pprof` service.
     Scan(crate::detector::scan::ScanArgs),
+    /// Writes the symbol table of an executable beside it (`<executable>.symbols`), so the
+    /// service symbolises profiles without reading debug info. Run it after each build.
+    Symbols(SymbolsArgs),
+}
+
+/// Arguments of `leakfinder symbols`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SymbolsArgs {
+    /// The executable to index (default: this one).
+    pub executable: Option<std::path::PathBuf>,
+    /// Where to write the table (default: beside the executable, `.symbols` appended).
+    #[arg(long)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 /// The OTLP encodings this build can export.

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Scan(args)) => return leakfinder::detector::scan::run(args),
+        Some(Command::Symbols(args)) => return leakfinder::profiling::symbols::table::run(args),
         None => {}
     }
     if let Err(error) = config.leak_settings() {

@@ -24,7 +24,12 @@ pub struct TestApp {
 
 /// Starts the service with small, fast leaks unless `env` says otherwise.
 pub fn spawn_app(env: &[(&str, &str)]) -> TestApp {
-    let mut command = Command::new(BINARY);
+    spawn_binary(std::path::Path::new(BINARY), env)
+}
+
+/// [`spawn_app`] with another copy of the binary.
+pub fn spawn_binary(binary: &std::path::Path, env: &[(&str, &str)]) -> TestApp {
+    let mut command = Command::new(binary);
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{MEMORY_FRESH, TestApp, num, spawn_app};
+use crate::helpers::{BINARY, MEMORY_FRESH, TestApp, num, spawn_app, spawn_binary};
 
 /// Runs `go tool pprof -symbolize=none ARGS URL` from the crate root and returns its stdout.
 pub fn go_pprof(args: &[&str], url: &str) -> String {
@@ -113,11 +113,19 @@ fn parse_quantity(text: &str) -> f64 {
 
 /// Starts one leak alone and lets it grow to `bytes`.
 async fn leak_alone(kind: &str, bytes: u64) -> TestApp {
-    let app = spawn_app(&[
-        ("LEAK_CHUNK_BYTES", "1048576"),
-        ("LEAK_INTERVAL_MS", "5"),
-        ("LEAK_MAX_BYTES", &bytes.to_string()),
-    ]);
+    leak_alone_in(Path::new(BINARY), kind, bytes).await
+}
+
+/// [`leak_alone`] with another copy of the binary.
+async fn leak_alone_in(binary: &Path, kind: &str, bytes: u64) -> TestApp {
+    let app = spawn_binary(
+        binary,
+        &[
+            ("LEAK_CHUNK_BYTES", "1048576"),
+            ("LEAK_INTERVAL_MS", "5"),
+            ("LEAK_MAX_BYTES", &bytes.to_string()),
+        ],
+    );
     app.get_json(&format!("/start-leak/{kind}"), 200).await;
     app.wait_for(
         Duration::from_secs(30),
@@ -151,6 +159,55 @@ async fn slice_leak_top_names_job1_and_list_shows_the_push_line() {
         "{list}"
     );
     assert!(share >= 0.8, "{share} of the bytes on {line}\n{list}");
+}
+
+/// `leakfinder symbols` writes the table beside a copy of the binary; the copy symbolises through
+/// it and its heap profile reads as with the debug info. A table of another build is refused
+/// with a warning, and the profile still reads the same, from the debug info.
+#[tokio::test]
+async fn a_prebuilt_symbol_table_is_used_only_for_its_own_build_and_names_the_same_lines() {
+    let directory = tempfile::tempdir().unwrap();
+    let binary = directory.path().join("leakfinder");
+    std::fs::copy(BINARY, &binary).unwrap();
+    let written = Command::new(&binary).arg("symbols").output().unwrap();
+    let table = directory.path().join("leakfinder.symbols");
+    assert!(
+        written.status.success() && table.exists(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    assert!(String::from_utf8_lossy(&written.stdout).contains("address runs"));
+    let bytes = std::fs::read(&table).unwrap();
+    let stale = {
+        let mut stale = bytes.clone();
+        stale[32] ^= 0xff; // the first byte of the build ID
+        stale
+    };
+    for (case, contents, log) in [
+        (
+            "own build",
+            &bytes,
+            "symbolising through the prebuilt symbol table",
+        ),
+        ("another build", &stale, "prebuilt symbol table unusable"),
+    ] {
+        std::fs::write(&table, contents).unwrap();
+        let app = leak_alone_in(&binary, "slice", HEAP_LEAK).await;
+        let heap = app.url("/debug/pprof/heap");
+        let rows = top_rows(&go_pprof(&["-top"], &heap));
+        assert_eq!(rows[0].name, JOB1, "{case}: {rows:#?}");
+        let list = go_pprof(&["-list", "run_leaker_job1_simple_slice"], &heap);
+        let (line, _) = hottest_line(&list, Column::Flat);
+        assert!(
+            line.contains("lock(&LEAKY_STORE_1).push(vec![FILL_BYTE; len]);"),
+            "{case}: {list}"
+        );
+        assert!(
+            app.logs().iter().any(|line| line.contains(log)),
+            "{case}: {:#?}",
+            app.logs()
+        );
+    }
 }
 
 #[tokio::test]

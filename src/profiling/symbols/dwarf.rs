@@ -27,6 +27,9 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 use super::lines;
 
+mod code;
+pub use code::{CodeScope, CodeSegment, TextSymbol, UnitCode};
+
 type Reader = EndianSlice<'static, RunTimeEndian>;
 
 /// A resolved frame, innermost first when in a list: function, file as recorded, line (0 if
@@ -134,7 +137,8 @@ impl DebugInfo {
             .as_ref()
     }
 
-    fn map(path: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    /// The debug info of the executable at `path`, mapped for the life of the process.
+    pub fn map(path: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let file = std::fs::File::open(path)?;
         // SAFETY: a read-only mapping of our own executable, which the loader also maps
         // and which is not modified while this process runs.
@@ -233,20 +237,7 @@ impl DebugInfo {
 
     /// Drops every page of the mapping from this process (they stay in the page cache).
     fn forget_pages(&self) {
-        let (start, len) = (self.data.as_ptr(), self.data.len());
-        let page = 4096usize;
-        let aligned = (start as usize) & !(page - 1);
-        // SAFETY: the range covers only our own read-only file mapping, which is never written:
-        // dropping its pages from this process only makes the next read fault them in again
-        // from the page cache.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                len + (start as usize - aligned),
-                libc::MADV_DONTNEED,
-            );
-        }
+        super::forget_pages(self.data);
     }
 
     /// Frames for each file address (innermost first). Addresses outside every unit get one

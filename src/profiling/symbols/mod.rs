@@ -1,17 +1,20 @@
 //! In-process symbolisation: instruction addresses to functions, files and lines, inline frames
 //! included, so every profile this service serves is readable without the binary.
 //!
-//! Each address is resolved once ([`dwarf`] reads only the units that hold new addresses, and
-//! only as far as they need) and kept in a compact, long-lived index: every function, file and
-//! inline chain is stored once and shared by the addresses that use it, and the span of addresses
-//! sharing an address's frames is kept too, so a new address inside it (the next CPU sample on the
-//! same line) needs no debug info. The index is bounded, reported in `/leak-test`
-//! (`symbol_index_bytes`, and the CPU it has cost as `symbolising_cpu_ms`), and built on threads
-//! whose allocations jemalloc does not sample, so it never shows in the heap profile it helps to
-//! produce.
+//! Each address is resolved once: through the prebuilt symbol table beside the executable
+//! ([`table`], written by `leakfinder symbols` after the build; one binary search, no debug info
+//! read) or, without one, from the debug info ([`dwarf`] reads only the units that hold new
+//! addresses, and only as far as they need). What it resolved is kept in a compact, long-lived
+//! index: every function, file and inline chain is stored once and shared by the addresses that
+//! use it, and the span of addresses sharing an address's frames is kept too, so a new address
+//! inside it (the next CPU sample on the same line) needs no lookup. The index is bounded,
+//! reported in `/leak-test` (`symbol_index_bytes`, and the CPU it has cost as
+//! `symbolising_cpu_ms`), and built on threads whose allocations jemalloc does not sample, so it
+//! never shows in the heap profile it helps to produce.
 
 pub mod dwarf;
 mod lines;
+pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
@@ -211,53 +214,112 @@ impl Symbolizer {
 /// the span of addresses around it with the same frames.
 fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
     let executable = Executable::current();
-    let debug_info = dwarf::DebugInfo::executable();
+    let table = prebuilt_table();
     let mut in_executable: Vec<(u64, u64)> = Vec::new();
+    let mut found: HashMap<u64, dwarf::Resolved> = HashMap::new();
     let mut resolved = Vec::with_capacity(missing.len());
     for &address in missing {
-        match (
-            executable
-                .as_ref()
-                .and_then(|exe| exe.file_address(address)),
-            debug_info,
-        ) {
-            (Some(file_address), Some(_)) => in_executable.push((address, file_address)),
-            _ => {
+        match executable
+            .as_ref()
+            .and_then(|exe| exe.file_address(address))
+        {
+            Some(file_address) => {
+                in_executable.push((address, file_address));
+                if let Some((frames, span)) = table.and_then(|table| table.lookup(file_address)) {
+                    found.insert(file_address, dwarf::Resolved { frames, span });
+                }
+            }
+            None => {
                 let frame = shared_object_frame(address).unwrap_or_else(|| unknown_frame(address));
                 resolved.push((address, vec![frame], address..address + 1));
             }
         }
     }
-    if let Some(debug_info) = debug_info {
-        let file_addresses: Vec<u64> = in_executable.iter().map(|&(_, file)| file).collect();
-        let mut frames = debug_info.resolve(&file_addresses);
-        for (address, file_address) in in_executable {
-            let (frames, span) = match frames.remove(&file_address) {
-                // The span in file addresses, moved by the same load bias as the address.
-                Some(dwarf::Resolved { frames, span }) => (
-                    frames,
-                    span.start.wrapping_add(address.wrapping_sub(file_address))
-                        ..span.end.wrapping_add(address.wrapping_sub(file_address)),
-                ),
-                None => (Vec::new(), address..address + 1),
-            };
-            let frames: Vec<Frame> = frames
-                .into_iter()
-                .map(|frame| Frame {
-                    function: frame.function.into(),
-                    file: source_path(&frame.file).into(),
-                    line: frame.line,
-                })
-                .collect();
-            let (frames, span) = if frames.is_empty() {
-                (vec![unknown_frame(address)], address..address + 1)
-            } else {
-                (frames, span)
-            };
-            resolved.push((address, frames, span));
-        }
+    if let Some(table) = table {
+        // Like the debug info's, the table's pages are not kept between batches.
+        table.forget_pages();
+    }
+    // What the table does not hold (or all, without a table) is read from the debug info.
+    let unfound: Vec<u64> = in_executable
+        .iter()
+        .map(|&(_, file)| file)
+        .filter(|file| !found.contains_key(file))
+        .collect();
+    if !unfound.is_empty()
+        && let Some(debug_info) = dwarf::DebugInfo::executable()
+    {
+        found.extend(debug_info.resolve(&unfound));
+    }
+    for (address, file_address) in in_executable {
+        let (frames, span) = match found.remove(&file_address) {
+            // The span in file addresses, moved by the same load bias as the address.
+            Some(dwarf::Resolved { frames, span }) => (
+                frames,
+                span.start.wrapping_add(address.wrapping_sub(file_address))
+                    ..span.end.wrapping_add(address.wrapping_sub(file_address)),
+            ),
+            None => (Vec::new(), address..address + 1),
+        };
+        let frames: Vec<Frame> = frames
+            .into_iter()
+            .map(|frame| Frame {
+                function: frame.function.into(),
+                file: source_path(&frame.file).into(),
+                line: frame.line,
+            })
+            .collect();
+        let (frames, span) = if frames.is_empty() {
+            (vec![unknown_frame(address)], address..address + 1)
+        } else {
+            (frames, span)
+        };
+        resolved.push((address, frames, span));
     }
     resolved
+}
+
+/// The prebuilt symbol table beside this executable ([`table`]), opened on first use; `None`
+/// (symbolising from debug info) if there is none or it is of another build.
+fn prebuilt_table() -> Option<&'static table::Table> {
+    static TABLE: std::sync::OnceLock<Option<table::Table>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| match table::Table::for_this_executable() {
+            Ok(table) => {
+                tracing::info!(
+                    bytes = table.file_bytes(),
+                    "symbolising through the prebuilt symbol table"
+                );
+                Some(table)
+            }
+            Err(error @ table::TableError::Io { .. }) => {
+                tracing::info!(%error, "no prebuilt symbol table (`leakfinder symbols` writes one): symbolising from debug info");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "prebuilt symbol table unusable (`leakfinder symbols` rewrites it): symbolising from debug info");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Drops the pages of a read-only file mapping from this process: they stay in the page cache,
+/// and the next read faults them in again.
+fn forget_pages(mapped: &[u8]) {
+    let (start, len) = (mapped.as_ptr(), mapped.len());
+    let page = 4096usize;
+    let aligned = (start as usize) & !(page - 1);
+    // SAFETY: the range covers only a read-only file mapping, which is never written: dropping
+    // its pages from this process only makes the next read fault them in again from the page
+    // cache.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::madvise(
+            aligned as *mut libc::c_void,
+            len + (start as usize - aligned),
+            libc::MADV_DONTNEED,
+        );
+    }
 }
 
 /// The address to look a return address up by: inside the call instruction that pushed it.
