@@ -177,6 +177,15 @@ async fn a_prebuilt_symbol_table_is_used_only_for_its_own_build_and_names_the_sa
         String::from_utf8_lossy(&written.stderr)
     );
     assert!(String::from_utf8_lossy(&written.stdout).contains("address runs"));
+    let missing = Command::new(&binary)
+        .args(["symbols", "/nonexistent/executable"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/executable"),
+        "{missing:?}"
+    );
     let bytes = std::fs::read(&table).unwrap();
     let stale = {
         let mut stale = bytes.clone();

@@ -114,6 +114,11 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("cargo chef cook"), "dependency caching");
     assert!(dockerfile.contains("USER 10001") && dockerfile.contains("HEALTHCHECK"));
+    // The symbol table is written after the build and copied beside the binary it was built for.
+    assert!(dockerfile.contains("&& target/release/leakfinder symbols"));
+    assert!(dockerfile.contains(
+        "COPY --from=builder /app/target/release/leakfinder /app/target/release/leakfinder.symbols /usr/local/bin/"
+    ));
 }
 
 /// Every `(datasource uid, target)` of the dashboard.
