@@ -35,6 +35,8 @@ pub struct AppState {
     pub watch: Arc<LeakWatch>,
     /// The process's memory figures, cached for `/leak-test`.
     pub memory: MemoryGauge,
+    /// What the profile push has sent and dropped, for the exported metrics.
+    pub profile_push: Arc<crate::telemetry::push::PushStats>,
     /// Cancelled at shutdown; background work started on request hangs off it.
     pub shutdown: CancellationToken,
 }
@@ -55,6 +57,7 @@ impl AppState {
             profilers: Arc::new(Profilers::start(shutdown)),
             watch: Arc::new(LeakWatch::new(watch_interval)),
             memory: MemoryGauge::new(MEMORY_MAX_AGE),
+            profile_push: Arc::default(),
             shutdown: shutdown.clone(),
         }
     }

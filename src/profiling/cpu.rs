@@ -272,7 +272,7 @@ pub fn build_profile(
         builder.add_sample(
             &stack,
             vec![sample.count, sample.count * period],
-            &[("thread", &sample.thread)],
+            &[("thread_name", &sample.thread)],
         );
     }
     builder.build()

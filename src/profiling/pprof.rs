@@ -384,9 +384,14 @@ fn main_binary_name() -> String {
 
 /// The profile as gzipped protobuf, the form `/debug/pprof` serves.
 pub fn encode_gzip(profile: &Profile) -> Vec<u8> {
+    gzip(&profile.encode_to_vec())
+}
+
+/// Bytes gzipped (fast compression).
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
     encoder
-        .write_all(&profile.encode_to_vec())
+        .write_all(bytes)
         .expect("writing to a Vec cannot fail");
     encoder.finish().expect("writing to a Vec cannot fail")
 }

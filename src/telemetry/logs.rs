@@ -89,7 +89,7 @@ impl<S> Filter<S> for ExporterWarnings {
 }
 
 /// A subscriber that honours `RUST_LOG` (falling back to `default_filter`) and writes to `sink`,
-/// so tests can silence or capture the logs. `log` records (the Pyroscope agent's) are bridged in.
+/// so tests can silence or capture the logs. Records of crates that log through `log` are bridged in.
 pub fn subscriber<W>(default_filter: &str, sink: W) -> impl Subscriber + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,

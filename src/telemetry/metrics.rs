@@ -6,6 +6,7 @@
 //! a request's path except one histogram record.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -164,6 +165,22 @@ fn register_gauges(meter: &Meter, state: &Arc<AppState>) {
                 );
             }
         })
+        .build();
+    let push = Arc::clone(&state.profile_push);
+    meter
+        .u64_observable_counter("leakfinder.profiles.dropped")
+        .with_unit("{profile}")
+        .with_description(
+            "Profiles the push dropped: the oldest of a full retry queue, or one Pyroscope refused.",
+        )
+        .with_callback(move |counter| counter.observe(push.dropped.load(Ordering::Relaxed), &[]))
+        .build();
+    let push = Arc::clone(&state.profile_push);
+    meter
+        .u64_observable_gauge("leakfinder.profiles.queued")
+        .with_unit("{profile}")
+        .with_description("Profiles waiting to be pushed again after a failed push.")
+        .with_callback(move |gauge| gauge.observe(push.queued.load(Ordering::Relaxed), &[]))
         .build();
     let watch = Arc::clone(&state.watch);
     meter

@@ -18,6 +18,8 @@ use crate::config::Config;
 
 /// The longest shutdown waits for exporters to flush.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// The time the profile push has for its last profiles, within [`FLUSH_DEADLINE`].
+const PUSH_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// The running exporters. Dropping it flushes and stops them, waiting at most [`FLUSH_DEADLINE`].
 #[must_use = "dropping the guard stops the exporters"]
@@ -47,6 +49,10 @@ impl Drop for TelemetryGuard {
             return;
         }
         let (done, finished) = std::sync::mpsc::channel();
+        // The pusher sends its last profiles meanwhile, by a deadline inside ours.
+        if let Some(push) = &push {
+            push.finish(std::time::Instant::now() + PUSH_DEADLINE);
+        }
         // A backend that blackholes requests could hold a flush for its whole timeout: flush on a
         // thread of its own, and stop waiting at the deadline.
         let flushing = std::thread::Builder::new()
@@ -56,7 +62,7 @@ impl Drop for TelemetryGuard {
                     metrics.shutdown();
                 }
                 if let Some(push) = push {
-                    push.shutdown();
+                    push.join();
                 }
                 let _ = done.send(());
             });

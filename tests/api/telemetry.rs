@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,19 +27,36 @@ pub struct Received {
     pub body: Vec<u8>,
 }
 
-/// An HTTP server on port 0 that records every request and answers 200.
+/// An HTTP server on port 0 that records every request and answers 200; while `refuse_pushes`
+/// is set, it answers profile pushes 503 instead (an outage), counting them in `refused`.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Received>>>,
+    pub refuse_pushes: Arc<AtomicBool>,
+    pub refused: Arc<AtomicU64>,
     _server: tokio::task::JoinHandle<()>,
+}
+
+/// What the receiver's handler shares with its owner.
+#[derive(Clone)]
+struct Recording {
+    requests: Arc<Mutex<Vec<Received>>>,
+    refuse_pushes: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
 }
 
 #[handler]
 async fn record(
     request: &Request,
     body: Vec<u8>,
-    requests: poem::web::Data<&Arc<Mutex<Vec<Received>>>>,
-) -> &'static str {
+    recording: poem::web::Data<&Recording>,
+) -> poem::Response {
+    if request.uri().path() == PUSH_PATH && recording.refuse_pushes.load(Ordering::SeqCst) {
+        recording.refused.fetch_add(1, Ordering::SeqCst);
+        return poem::Response::builder()
+            .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+            .body("down");
+    }
     let header = |name: &str| {
         request
             .headers()
@@ -56,12 +74,12 @@ async fn record(
     } else {
         body
     };
-    requests.lock().unwrap().push(Received {
+    recording.requests.lock().unwrap().push(Received {
         path: request.uri().path().to_owned(),
         content_type: header("content-type"),
         body,
     });
-    "{}"
+    poem::Response::builder().body("{}")
 }
 
 impl Receiver {
@@ -72,16 +90,20 @@ impl Receiver {
     pub async fn start_on(addr: SocketAddr) -> Self {
         let acceptor = TcpListener::bind(addr).into_acceptor().await.unwrap();
         let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let app = Route::new()
-            .at("/*path", record)
-            .data(Arc::clone(&requests));
+        let recording = Recording {
+            requests: Arc::default(),
+            refuse_pushes: Arc::default(),
+            refused: Arc::default(),
+        };
+        let app = Route::new().at("/*path", record).data(recording.clone());
         let server = tokio::spawn(async move {
             let _ = Server::new_with_acceptor(acceptor).run(app).await;
         });
         Self {
             addr,
-            requests,
+            requests: recording.requests,
+            refuse_pushes: recording.refuse_pushes,
+            refused: recording.refused,
             _server: server,
         }
     }
@@ -181,9 +203,17 @@ fn decode_export(body: &[u8]) -> (Export, BTreeMap<String, String>) {
                     .map(|kv| (kv.key.clone(), text(&kv.value)))
                     .collect::<BTreeMap<_, _>>()
             };
+            let points = match &metric.data {
+                Some(metric::Data::Gauge(gauge)) => Some(&gauge.data_points),
+                Some(metric::Data::Sum(sum)) => {
+                    assert!(sum.is_monotonic, "{} is a counter", metric.name);
+                    Some(&sum.data_points)
+                }
+                _ => None,
+            };
             match &metric.data {
-                Some(metric::Data::Gauge(gauge)) => {
-                    for point in &gauge.data_points {
+                Some(metric::Data::Gauge(_) | metric::Data::Sum(_)) => {
+                    for point in points.into_iter().flatten() {
                         let value = match point.value {
                             Some(number_data_point::Value::AsInt(v)) => v as f64,
                             Some(number_data_point::Value::AsDouble(v)) => v,
@@ -257,6 +287,8 @@ async fn otlp_metrics_have_semantic_names_units_attributes_and_the_leak_grows() 
         ("leakfinder.leak.blocked_tasks", "{task}"),
         ("http.server.request.duration", "s"),
         ("leakfinder.detector.suspects", "{site}"),
+        ("leakfinder.profiles.dropped", "{profile}"),
+        ("leakfinder.profiles.queued", "{profile}"),
     ];
     for (name, unit) in expected {
         let (actual, points) = export
@@ -501,4 +533,212 @@ async fn export_resumes_by_itself_when_the_backend_returns() {
         })
         .await;
     assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+}
+
+/// The environment that points both exporters at `url` with the given push intervals, and
+/// metric export off for the run (it still exports at shutdown).
+fn quiet_export_env(url: &str, cpu_secs: u64, heap_secs: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.to_owned()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "3600000".to_owned()),
+        ("PYROSCOPE_SERVER_ADDRESS", url.to_owned()),
+        ("PYROSCOPE_CPU_INTERVAL_SECS", cpu_secs.to_string()),
+        ("PYROSCOPE_HEAP_INTERVAL_SECS", heap_secs.to_string()),
+    ]
+}
+
+fn spawn_with(env: &[(&'static str, String)], extra: &[(&str, &str)]) -> TestApp {
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    spawn_app(&all)
+}
+
+/// SIGTERM while pushing, with intervals longer than the run: the last CPU window, a last heap
+/// profile and the last metrics reach the backends before the process exits, within 3 s, and the
+/// log says so, with no "did not flush".
+#[tokio::test]
+async fn a_stop_pushes_the_last_profiles_and_metrics_within_3_s() {
+    let receiver = Receiver::start().await;
+    let app = spawn_with(
+        &quiet_export_env(&receiver.url(), 3600, 3600),
+        &[
+            ("LEAK_CHUNK_BYTES", "1048576"),
+            ("LEAK_INTERVAL_MS", "5"),
+            ("LEAK_MAX_BYTES", "67108864"),
+        ],
+    );
+    app.get_json("/start-leak/slice", 200).await;
+    app.wait_for(Duration::from_secs(20), "the slice leak to cap", |report| {
+        num(report, "leaks/slice/bytes") >= 64 << 20
+    })
+    .await;
+    for _ in 0..20 {
+        app.get_json("/safe-test?tasks=50", 200).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        receiver.taken(PUSH_PATH).is_empty(),
+        "no push before the stop"
+    );
+    assert!(
+        receiver.taken(OTLP_PATH).is_empty(),
+        "no export before the stop"
+    );
+    let stopping = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let (app, stopped) = tokio::task::spawn_blocking(move || {
+        let mut app = app;
+        let stopped = app.terminate(Duration::from_secs(10));
+        (app, stopped)
+    })
+    .await
+    .unwrap();
+    let (status, took) = stopped.expect("the service stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(took <= Duration::from_secs(3), "stopped in {took:?}");
+    let pushed = pushes(&receiver.taken(PUSH_PATH));
+    let kinds = |kind: &str| {
+        pushed
+            .iter()
+            .filter(|(labels, _)| labels["__name__"] == kind)
+            .map(|(_, raw)| raw.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        kinds("process_cpu")
+            .iter()
+            .any(|raw| top_function(raw, "cpu").is_some()),
+        "the last CPU window was pushed: {:?}\n{:#?}",
+        pushed
+            .iter()
+            .map(|(labels, raw)| (labels, raw.len()))
+            .collect::<Vec<_>>(),
+        app.logs()
+    );
+    // The samples up to the stop are there: the last, partial window ends after it.
+    let cpu_end = kinds("process_cpu")
+        .iter()
+        .map(|raw| {
+            let profile = leakfinder::profiling::pprof::decode(raw, 64 << 20).unwrap();
+            profile.time_nanos + profile.duration_nanos
+        })
+        .max()
+        .unwrap();
+    assert!(
+        cpu_end >= stopping,
+        "the CPU profile ends {} ms before the stop",
+        (stopping - cpu_end) / 1_000_000
+    );
+    assert!(
+        kinds("memory")
+            .iter()
+            .any(|raw| top_function(raw, "inuse_space")
+                .is_some_and(|top| top.contains("run_leaker_job1_simple_slice"))),
+        "the last heap profile was pushed"
+    );
+    let exports = receiver.taken(OTLP_PATH);
+    assert!(!exports.is_empty(), "the last metrics were exported");
+    let logs = app.logs();
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("pushed the last profiles before exit")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|line| line.contains("did not flush")),
+        "{logs:#?}"
+    );
+}
+
+/// Pyroscope refuses every push for 60 s, then accepts: every profile of the outage arrives
+/// after it, none is missing, and RSS stays within 5%. Beside it, a service pushing both profiles
+/// every second into the same outage (120 profiles: twelve minutes of pushes at the default
+/// intervals) overflows its queue: memory stays bounded and the drop counter (in the exported
+/// metrics) counts what it dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_loses_no_profile_and_a_long_one_drops_the_oldest_and_counts_them() {
+    const MIB: u64 = 1 << 20;
+    let patient = Receiver::start().await;
+    let flooded = Receiver::start().await;
+    patient.refuse_pushes.store(true, Ordering::SeqCst);
+    flooded.refuse_pushes.store(true, Ordering::SeqCst);
+    let kept = spawn_with(&quiet_export_env(&patient.url(), 2, 3), &[]);
+    let mut flooded_env = quiet_export_env(&flooded.url(), 1, 1);
+    flooded_env[1].1 = "1000".to_owned(); // metrics every second, to read the drop counter
+    let overflowing = spawn_with(&flooded_env, &[]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_before = num(&kept.report().await, "process/rss_bytes");
+    let heap_before = num(&overflowing.report().await, "process/heap_allocated_bytes");
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    let rss_after = num(&kept.report().await, "process/rss_bytes");
+    let heap_after = num(&overflowing.report().await, "process/heap_allocated_bytes");
+    let refused = patient.refused.load(Ordering::SeqCst);
+    assert!(refused >= 1, "the outage refused pushes");
+    assert!(
+        rss_after.abs_diff(rss_before) * 20 <= rss_before,
+        "RSS moved from {rss_before} to {rss_after} over the outage"
+    );
+    assert!(
+        heap_after.saturating_sub(heap_before) <= 6 * MIB,
+        "a full queue is bounded: heap grew by {}",
+        heap_after.saturating_sub(heap_before)
+    );
+    patient.refuse_pushes.store(false, Ordering::SeqCst);
+    // Every push of the first minute (30 CPU, 20 heap) arrives, with consecutive ids.
+    let taken = patient
+        .wait_for(PUSH_PATH, Duration::from_secs(60), |taken| {
+            ids(taken).len() >= 45
+        })
+        .await;
+    let ids = ids(&taken);
+    let last = *ids.iter().max().unwrap();
+    assert_eq!(
+        ids,
+        (1..=last).collect::<BTreeSet<u64>>(),
+        "no push of the outage is missing"
+    );
+    // The flooded one's exported drop counter counts what its full queue dropped.
+    let dropped = flooded
+        .wait_for(OTLP_PATH, Duration::from_secs(10), |taken| {
+            dropped_counter(taken) > 0.0
+        })
+        .await;
+    let dropped = dropped_counter(&dropped);
+    assert!(
+        (10.0..=200.0).contains(&dropped),
+        "{dropped} profiles counted as dropped"
+    );
+    for app in [&kept, &overflowing] {
+        assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+    }
+}
+
+/// The sequence numbers of the pushes taken (each push's id is `PID-SEQUENCE`).
+fn ids(taken: &[Received]) -> BTreeSet<u64> {
+    taken
+        .iter()
+        .flat_map(|request| PushRequest::decode(request.body.as_slice()).unwrap().series)
+        .flat_map(|series| series.samples)
+        .map(|sample| {
+            sample
+                .id
+                .rsplit_once('-')
+                .and_then(|(_, sequence)| sequence.parse().ok())
+                .unwrap_or_else(|| panic!("a PID-SEQUENCE id: {}", sample.id))
+        })
+        .collect()
+}
+
+/// The highest value of `leakfinder.profiles.dropped` in the exports taken.
+fn dropped_counter(taken: &[Received]) -> f64 {
+    taken
+        .iter()
+        .filter_map(|request| {
+            let (export, _) = decode_export(&request.body);
+            let (_, points) = export.get("leakfinder.profiles.dropped")?.clone();
+            points.into_iter().map(|(_, value)| value).reduce(f64::max)
+        })
+        .fold(0.0, f64::max)
 }

@@ -237,7 +237,20 @@ impl DebugInfo {
 
     /// Drops every page of the mapping from this process (they stay in the page cache).
     fn forget_pages(&self) {
-        super::forget_pages(self.data);
+        let (start, len) = (self.data.as_ptr(), self.data.len());
+        let page = 4096usize;
+        let aligned = (start as usize) & !(page - 1);
+        // SAFETY: the range covers only our own read-only file mapping, which is never written:
+        // dropping its pages from this process only makes the next read fault them in again
+        // from the page cache.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                len + (start as usize - aligned),
+                libc::MADV_DONTNEED,
+            );
+        }
     }
 
     /// Frames for each file address (innermost first). Addresses outside every unit get one

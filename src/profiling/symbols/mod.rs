@@ -216,29 +216,23 @@ fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
     let executable = Executable::current();
     let table = prebuilt_table();
     let mut in_executable: Vec<(u64, u64)> = Vec::new();
-    let mut found: HashMap<u64, dwarf::Resolved> = HashMap::new();
     let mut resolved = Vec::with_capacity(missing.len());
     for &address in missing {
         match executable
             .as_ref()
             .and_then(|exe| exe.file_address(address))
         {
-            Some(file_address) => {
-                in_executable.push((address, file_address));
-                if let Some((frames, span)) = table.and_then(|table| table.lookup(file_address)) {
-                    found.insert(file_address, dwarf::Resolved { frames, span });
-                }
-            }
+            Some(file_address) => in_executable.push((address, file_address)),
             None => {
                 let frame = shared_object_frame(address).unwrap_or_else(|| unknown_frame(address));
                 resolved.push((address, vec![frame], address..address + 1));
             }
         }
     }
-    if let Some(table) = table {
-        // Like the debug info's, the table's pages are not kept between batches.
-        table.forget_pages();
-    }
+    let mut found = match table {
+        Some(table) => table.lookup_all(in_executable.iter().map(|&(_, file)| file).collect()),
+        None => HashMap::new(),
+    };
     // What the table does not hold (or all, without a table) is read from the debug info.
     let unfound: Vec<u64> = in_executable
         .iter()
@@ -301,25 +295,6 @@ fn prebuilt_table() -> Option<&'static table::Table> {
             }
         })
         .as_ref()
-}
-
-/// Drops the pages of a read-only file mapping from this process: they stay in the page cache,
-/// and the next read faults them in again.
-fn forget_pages(mapped: &[u8]) {
-    let (start, len) = (mapped.as_ptr(), mapped.len());
-    let page = 4096usize;
-    let aligned = (start as usize) & !(page - 1);
-    // SAFETY: the range covers only a read-only file mapping, which is never written: dropping
-    // its pages from this process only makes the next read fault them in again from the page
-    // cache.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::madvise(
-            aligned as *mut libc::c_void,
-            len + (start as usize - aligned),
-            libc::MADV_DONTNEED,
-        );
-    }
 }
 
 /// The address to look a return address up by: inside the call instruction that pushed it.

@@ -21,13 +21,14 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::dwarf::{DebugInfo, RawFrame};
+use super::dwarf::{DebugInfo, RawFrame, Resolved};
 
 const MAGIC: &[u8; 8] = b"LFSYMTB1";
 const HEADER: usize = 32;
@@ -64,14 +65,23 @@ pub fn path_beside(executable: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// The GNU build ID of the executable at `path`.
+/// The GNU build ID of the executable at `path`: from its notes, found through the program
+/// headers at the start of the file (reading the whole ELF would map tens of megabytes of a
+/// binary with debug info), else through its sections.
 pub fn build_id(path: &Path) -> Result<Vec<u8>, TableError> {
-    use object::Object;
     let io = |source| TableError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    std::io::Read::by_ref(&mut file)
+        .take(HEAD_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(io)?;
+    if let Some(id) = build_id_in_head(&head) {
+        return Ok(id);
+    }
     // SAFETY: a read-only mapping of an executable that is not modified while it is read; it is
     // unmapped when this function returns.
     #[allow(unsafe_code)]
@@ -79,12 +89,33 @@ pub fn build_id(path: &Path) -> Result<Vec<u8>, TableError> {
     let object = object::File::parse(&*data).map_err(|_| TableError::Format {
         path: path.to_owned(),
     })?;
-    match object.build_id() {
+    match object::Object::build_id(&object) {
         Ok(Some(id)) => Ok(id.to_vec()),
         _ => Err(TableError::NoBuildId {
             path: path.to_owned(),
         }),
     }
+}
+
+/// How much of an executable's start [`build_id`] reads for its program headers and notes.
+const HEAD_BYTES: usize = 64 << 10;
+
+/// The build ID in the notes of a 64-bit ELF's start, if they lie within it.
+fn build_id_in_head(head: &[u8]) -> Option<Vec<u8>> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(head).ok()?;
+    let endian = header.endian().ok()?;
+    for segment in header.program_headers(endian, head).ok()? {
+        let Ok(Some(mut notes)) = segment.notes(endian, head) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"GNU" && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().to_vec());
+            }
+        }
+    }
+    None
 }
 
 /// What [`write`] wrote.
@@ -306,69 +337,75 @@ impl Builder {
     }
 }
 
-/// A table mapped read-only; lookups read only the pages they need.
+/// An open table. Lookups read the few bytes they need with positioned reads: a mapping would
+/// fault in 64 KiB around every byte read (the kernel's fault-around), and a first profile's
+/// thousands of new addresses would map much of the file at once.
 pub struct Table {
-    data: Mmap,
+    file: std::fs::File,
     base: u64,
-    /// Every [`BLOCK`]th segment's start, copied out of the file (11 KiB for this binary).
+    /// Every [`BLOCK`]th segment's start, read once (11 KiB for this binary).
     directory: Box<[u32]>,
-    segments: Range<usize>,
-    scopes: Range<usize>,
-    offsets: Range<usize>,
-    strings: usize,
+    /// Byte ranges in the file.
+    segments: Range<u64>,
+    scopes: Range<u64>,
+    offsets: Range<u64>,
+    strings: Range<u64>,
 }
 
 impl Table {
-    /// Maps the table at `path` if it was built for the executable whose build ID is `build_id`.
+    /// Opens the table at `path` if it was built for the executable whose build ID is `build_id`.
     pub fn open(path: &Path, build_id: &[u8]) -> Result<Self, TableError> {
-        let file = std::fs::File::open(path).map_err(|source| TableError::Io {
+        let io = |source| TableError::Io {
             path: path.to_owned(),
             source,
-        })?;
-        // SAFETY: a read-only mapping of a file written once, by `write`, through a rename; every
-        // read through it is bounds-checked, so a file changed underneath gives wrong names or
-        // misses, never undefined reads.
-        #[allow(unsafe_code)]
-        let data = unsafe { Mmap::map(&file) }.map_err(|source| TableError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        };
         let format = || TableError::Format {
             path: path.to_owned(),
         };
-        if data.len() < HEADER || &data[..8] != MAGIC {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let length = file.metadata().map_err(io)?.len();
+        let read = |at: u64, bytes: usize| -> Result<Vec<u8>, TableError> {
+            let mut buffer = vec![0; bytes];
+            match file.read_exact_at(&mut buffer, at) {
+                Ok(()) => Ok(buffer),
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(format()),
+                Err(error) => Err(io(error)),
+            }
+        };
+        let header = read(0, HEADER)?;
+        if &header[..8] != MAGIC {
             return Err(format());
         }
-        let field = |at: usize| read_u32(&data, at).map(|n| n as usize).ok_or_else(format);
+        let field = |at: usize| read_u32(&header, at).map(u64::from).ok_or_else(format);
         let (segments, scopes, strings, id_len) = (field(8)?, field(12)?, field(16)?, field(20)?);
-        let base = u64::from_le_bytes(data[24..32].try_into().map_err(|_| format())?);
-        let id = data.get(HEADER..HEADER + id_len).ok_or_else(format)?;
-        if id != build_id {
+        let base = u64::from_le_bytes(header[24..32].try_into().map_err(|_| format())?);
+        if read(HEADER as u64, id_len as usize)? != build_id {
             return Err(TableError::Stale {
                 path: path.to_owned(),
             });
         }
-        let segments_at = (HEADER + id_len).next_multiple_of(8);
+        let segments_at = (HEADER as u64 + id_len).next_multiple_of(8);
         let directory_at = segments_at + segments * 16;
-        let scopes_at = directory_at + segments.div_ceil(BLOCK) * 4;
+        let blocks = segments.div_ceil(BLOCK as u64);
+        let scopes_at = directory_at + blocks * 4;
         let offsets_at = scopes_at + scopes * 16;
         let strings_at = offsets_at + (strings + 1) * 4;
-        let string_bytes = read_u32(&data, strings_at - 4).ok_or_else(format)? as usize;
-        if data.len() != strings_at + string_bytes || segments == 0 {
+        let string_bytes = read_u32(&read(strings_at - 4, 4)?, 0).ok_or_else(format)?;
+        if length != strings_at + u64::from(string_bytes) || segments == 0 {
             return Err(format());
         }
-        let directory = (directory_at..scopes_at)
-            .step_by(4)
-            .map(|at| read_u32(&data, at).ok_or_else(format))
-            .collect::<Result<_, _>>()?;
+        let directory = read(directory_at, blocks as usize * 4)?
+            .chunks_exact(4)
+            .map(|start| u32::from_le_bytes([start[0], start[1], start[2], start[3]]))
+            .collect();
         Ok(Self {
+            file,
             base,
             directory,
             segments: segments_at..directory_at,
             scopes: scopes_at..offsets_at,
             offsets: offsets_at..strings_at,
-            strings: strings_at,
-            data,
+            strings: strings_at..length,
         })
     }
 
@@ -382,75 +419,111 @@ impl Table {
         Self::open(&path_beside(&executable), &id)
     }
 
-    /// Drops the pages lookups read from this process (they stay in the page cache).
-    pub fn forget_pages(&self) {
-        super::forget_pages(&self.data);
+    /// Bytes of the file.
+    pub fn file_bytes(&self) -> u64 {
+        self.strings.end
     }
 
-    /// Bytes of the mapped file.
-    pub fn file_bytes(&self) -> usize {
-        self.data.len()
-    }
-
-    fn record(&self, table: &Range<usize>, index: u32) -> Option<[u32; 4]> {
-        let at = table.start + (index as usize).checked_mul(16)?;
-        if at + 16 > table.end {
+    /// `bytes` bytes at `at`, if they lie within `within`.
+    fn read(&self, within: &Range<u64>, at: u64, buffer: &mut [u8]) -> Option<()> {
+        let end = at.checked_add(buffer.len() as u64)?;
+        if at < within.start || end > within.end {
             return None;
         }
-        let field = |k: usize| read_u32(&self.data, at + 4 * k);
-        Some([field(0)?, field(1)?, field(2)?, field(3)?])
+        self.file.read_exact_at(buffer, at).ok()
+    }
+
+    /// Record `index` of a table of 16-byte records.
+    fn record(&self, table: &Range<u64>, index: u64) -> Option<[u32; 4]> {
+        let mut bytes = [0u8; 16];
+        self.read(table, table.start + index.checked_mul(16)?, &mut bytes)?;
+        Some(std::array::from_fn(|k| {
+            u32::from_le_bytes([
+                bytes[4 * k],
+                bytes[4 * k + 1],
+                bytes[4 * k + 2],
+                bytes[4 * k + 3],
+            ])
+        }))
     }
 
     fn string(&self, id: u32) -> String {
         if id == NONE {
             return String::new();
         }
-        let offset = |k: usize| read_u32(&self.data, self.offsets.start + 4 * k);
-        let bytes = offset(id as usize)
-            .zip(offset(id as usize + 1))
-            .filter(|_| self.offsets.start + 4 * (id as usize + 1) < self.offsets.end)
-            .and_then(|(from, to)| {
-                self.data
-                    .get(self.strings + from as usize..self.strings + to as usize)
+        let mut bounds = [0u8; 8];
+        let at = self.offsets.start + u64::from(id) * 4;
+        let Some(()) = self.read(&self.offsets, at, &mut bounds) else {
+            return String::new();
+        };
+        let from = u64::from(u32::from_le_bytes([
+            bounds[0], bounds[1], bounds[2], bounds[3],
+        ]));
+        let to = u64::from(u32::from_le_bytes([
+            bounds[4], bounds[5], bounds[6], bounds[7],
+        ]));
+        let mut text = vec![0; to.saturating_sub(from) as usize];
+        match self.read(&self.strings, self.strings.start + from, &mut text) {
+            Some(()) => String::from_utf8(text)
+                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
+            None => String::new(),
+        }
+    }
+
+    /// [`Self::lookup`] for many addresses, in address order.
+    pub fn lookup_all(&self, mut addresses: Vec<u64>) -> HashMap<u64, Resolved> {
+        addresses.sort_unstable();
+        addresses.dedup();
+        addresses
+            .into_iter()
+            .filter_map(|address| {
+                let (frames, span) = self.lookup(address)?;
+                Some((address, Resolved { frames, span }))
             })
-            .unwrap_or_default();
-        String::from_utf8_lossy(bytes).into_owned()
+            .collect()
     }
 
     /// The frames of a file address, innermost first, and the addresses around it with the same
     /// frames; `None` where the table holds no code.
     pub fn lookup(&self, address: u64) -> Option<(Vec<RawFrame>, Range<u64>)> {
         let offset = u32::try_from(address.checked_sub(self.base)?).ok()?;
-        let count = self.segments.len() / 16;
+        let count = (self.segments.end - self.segments.start) / 16;
         // The last segment starting at or before the address: its block from the directory, then
-        // within the block.
+        // within the block, read whole (4 KiB, and the next block's first segment for the end).
         let block = self
             .directory
             .partition_point(|&start| start <= offset)
-            .checked_sub(1)?;
-        let (mut low, mut high) = (
-            (block * BLOCK) as u32,
-            ((block + 1) * BLOCK).min(count) as u32,
-        );
+            .checked_sub(1)? as u64;
+        let first = block * BLOCK as u64;
+        let records = (count - first).min(BLOCK as u64 + 1) as usize;
+        let mut bytes = [0u8; (BLOCK + 1) * 16];
+        let bytes = &mut bytes[..records * 16];
+        self.read(&self.segments, self.segments.start + first * 16, bytes)?;
+        let field = |index: usize, k: usize| read_u32(bytes, index * 16 + 4 * k);
+        let (mut low, mut high) = (0, records.min(BLOCK));
         while low < high {
             let middle = low + (high - low) / 2;
-            if self.record(&self.segments, middle)?[0] <= offset {
+            if field(middle, 0)? <= offset {
                 low = middle + 1;
             } else {
                 high = middle;
             }
         }
-        let [start, scope, file, line] = self.record(&self.segments, low.checked_sub(1)?)?;
-        let end = self
-            .record(&self.segments, low)
-            .map_or(start + 1, |next| next[0]);
+        let index = low.checked_sub(1)?;
+        let [start, scope, file, line] = [0, 1, 2, 3].map(|k| field(index, k).unwrap_or(NONE));
+        let end = if index + 1 < records {
+            field(index + 1, 0)?
+        } else {
+            start.checked_add(1)?
+        };
         if scope == NONE {
             return None;
         }
         let mut frames = Vec::new();
         let (mut scope, mut file, mut line) = (scope, file, line);
         while frames.len() < MAX_DEPTH {
-            let [name, parent, call_file, call_line] = self.record(&self.scopes, scope)?;
+            let [name, parent, call_file, call_line] =
+                self.record(&self.scopes, u64::from(scope))?;
             frames.push(RawFrame {
                 function: self.string(name),
                 file: self.string(file),
