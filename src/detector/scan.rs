@@ -152,10 +152,13 @@ fn file_name(kind: ProfileKind, which: &str) -> String {
 }
 
 fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ScanError> {
-    std::fs::write(dir.join(name), bytes).map_err(|source| ScanError::Save {
-        dir: dir.to_owned(),
-        source,
-    })
+    // Made on the first profile saved: a scan that fails before leaves nothing behind.
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join(name), bytes))
+        .map_err(|source| ScanError::Save {
+            dir: dir.to_owned(),
+            source,
+        })
 }
 
 fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
@@ -166,10 +169,6 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
             .map_or(0, |since| since.as_secs());
         std::env::temp_dir().join(format!("leakfinder-scan-{stamp}-{}", std::process::id()))
     });
-    std::fs::create_dir_all(&out).map_err(|source| ScanError::Save {
-        dir: out.clone(),
-        source,
-    })?;
     let interactive = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut detector = Detector::new(usize::MAX);

@@ -297,7 +297,10 @@ impl ProfileBuilder {
             self.profile.function.push(Function {
                 id,
                 name,
-                system_name: name,
+                // Empty, not the name again: pprof treats a name equal to its system name as not
+                // yet demangled and "simplifies" it, so `<Foo as Future>::poll` would read `::poll`
+                // in a plain `go tool pprof URL` (its default demangling).
+                system_name: 0,
                 filename,
                 start_line: 0,
             });

@@ -1,7 +1,6 @@
 //! The leak detector, end to end: the real `leakfinder scan` CLI against this service and against
 //! a real Go program serving `net/http/pprof`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,16 +14,16 @@ pub struct Scan {
     pub code: i32,
     pub findings: Vec<Value>,
     pub stderr: String,
-    pub out: PathBuf,
+    /// Where the scan saved its profiles; removed with the `Scan`.
+    pub out: tempfile::TempDir,
 }
 
 /// Runs `leakfinder scan URL --duration D --interval 1s --json --out DIR` to completion.
 pub async fn scan(url: &str, duration: &str) -> Scan {
-    let out = std::env::temp_dir().join(format!(
-        "leakfinder-scan-test-{}-{}",
-        std::process::id(),
-        url.rsplit(':').next().unwrap().trim_end_matches('/')
-    ));
+    let out = tempfile::Builder::new()
+        .prefix("leakfinder-scan-test-")
+        .tempdir()
+        .unwrap();
     let args = vec![
         "scan".to_owned(),
         url.to_owned(),
@@ -34,7 +33,7 @@ pub async fn scan(url: &str, duration: &str) -> Scan {
         "1s".into(),
         "--json".into(),
         "--out".into(),
-        out.display().to_string(),
+        out.path().display().to_string(),
     ];
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BINARY)
@@ -136,7 +135,8 @@ async fn each_leak_alone_is_found_with_its_function_within_ten_seconds() {
             "{finding}"
         );
         assert!(
-            scan.out.join("heap-first.pb.gz").exists() && scan.out.join("heap-last.pb.gz").exists()
+            scan.out.path().join("heap-first.pb.gz").exists()
+                && scan.out.path().join("heap-last.pb.gz").exists()
         );
         assert!(
             scan.stderr.contains("samples"),
@@ -265,11 +265,20 @@ async fn a_url_that_is_not_pprof_is_a_clear_error() {
 
     // A server that answers HTML where pprof should be.
     let receiver = crate::telemetry::Receiver::start().await;
+    let temporary = tempfile::tempdir().unwrap();
     let not_pprof = Command::new(BINARY)
         .args(["scan", &receiver.url(), "--duration", "1s"])
+        .env("TMPDIR", temporary.path())
         .output()
         .unwrap();
     assert_eq!(not_pprof.status.code(), Some(2));
+    assert!(
+        std::fs::read_dir(temporary.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "a failed scan leaves no directory behind"
+    );
     let message = String::from_utf8_lossy(&not_pprof.stderr);
     assert!(
         message.contains("did not return a pprof profile"),

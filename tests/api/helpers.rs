@@ -187,6 +187,8 @@ pub fn flag(report: &Value, path: &str) -> bool {
 pub struct Listening {
     child: Child,
     pub url: String,
+    /// A directory that goes with the process (its binary), removed after it.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Drop for Listening {
@@ -198,9 +200,15 @@ impl Drop for Listening {
 
 /// Builds the Go fixture `tests/fixtures/NAME` with the local toolchain and starts it with `args`.
 pub fn start_go(name: &str, args: &[&str]) -> Listening {
-    let binary = std::env::temp_dir().join(format!("leakfinder-{name}-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("leakfinder-{name}-"))
+        .tempdir()
+        .unwrap();
+    let binary = scratch.path().join(name);
     build_go(name, &binary);
-    start_listening(Command::new(&binary).args(args))
+    let mut listening = start_listening(Command::new(&binary).args(args));
+    listening.scratch = Some(scratch);
+    listening
 }
 
 /// Builds the Go fixture `tests/fixtures/NAME` into `binary` with the local toolchain.
@@ -242,6 +250,7 @@ pub fn start_listening(command: &mut Command) -> Listening {
     Listening {
         child,
         url: format!("http://{addr}"),
+        scratch: None,
     }
 }
 

@@ -37,6 +37,10 @@ pub async fn soak_task_profiles(app: &TestApp, length: Duration, every: Duration
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let out = tempfile::Builder::new()
+        .prefix("leakfinder-soak-")
+        .tempdir()
+        .unwrap();
     let mut scan = Command::new(BINARY)
         .env_clear()
         .args([
@@ -48,10 +52,7 @@ pub async fn soak_task_profiles(app: &TestApp, length: Duration, every: Duration
             "1s",
             "--json",
             "--out",
-            &std::env::temp_dir()
-                .join(format!("leakfinder-soak-{}", std::process::id()))
-                .display()
-                .to_string(),
+            &out.path().display().to_string(),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

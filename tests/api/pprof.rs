@@ -1,6 +1,7 @@
 //! `/debug/pprof` read by the real `go tool pprof`, run from the repo root with `-symbolize=none`
 //! so that nothing comes from the binary: every name, file and line is in the profile itself.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -9,14 +10,21 @@ use crate::helpers::{BINARY, MEMORY_FRESH, TestApp, num, spawn_app, spawn_binary
 
 /// Runs `go tool pprof -symbolize=none ARGS URL` from the crate root and returns its stdout.
 pub fn go_pprof(args: &[&str], url: &str) -> String {
-    let scratch = std::env::temp_dir().join(format!("leakfinder-pprof-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
+    run_pprof(&[&["-symbolize=none"], args].concat(), url)
+}
+
+/// Runs `go tool pprof ARGS SOURCE` from the crate root and returns its stdout.
+fn run_pprof(args: &[&str], url: &str) -> String {
+    let scratch = tempfile::Builder::new()
+        .prefix("leakfinder-pprof-")
+        .tempdir()
+        .unwrap();
     let output = Command::new("go")
-        .args(["tool", "pprof", "-symbolize=none"])
+        .args(["tool", "pprof"])
         .args(args)
         .arg(url)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("PPROF_TMPDIR", &scratch)
+        .env("PPROF_TMPDIR", scratch.path())
         .output()
         .expect("go is installed (go tool pprof is the client under test)");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -234,6 +242,53 @@ async fn mutex_leak_top_names_job3_and_list_shows_the_insert_line() {
         "{list}"
     );
     assert!(share >= 0.8, "{share} of the bytes on {line}\n{list}");
+}
+
+/// The seed's plain command (`go tool pprof SOURCE`: pprof's default symbolization and its
+/// simplifying demangler) reads our task and CPU profiles with the same names as
+/// `-symbolize=none`: trait methods keep their `<... as ...>::poll`, not a bare `::poll`.
+#[tokio::test]
+async fn plain_go_tool_pprof_shows_the_names_symbolize_none_shows() {
+    let app = leak_alone("channel", HEAP_LEAK).await;
+    let directory = tempfile::tempdir().unwrap();
+    let load = {
+        let (client, url) = (app.client.clone(), app.url("/safe-test?tasks=50"));
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                if client.get(&url).send().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    for (name, path) in [
+        ("goroutine", "/debug/pprof/goroutine"),
+        ("cpu", "/debug/pprof/profile?seconds=2"),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200);
+        let saved = directory.path().join(format!("{name}.pb.gz"));
+        std::fs::write(&saved, response.bytes().await.unwrap()).unwrap();
+        let saved = saved.display().to_string();
+        let names = |rows: Vec<TopRow>| -> BTreeSet<String> {
+            rows.into_iter().map(|row| row.name).collect()
+        };
+        let args = ["-top", "-cum", "-nodecount=200"];
+        let plain = names(top_rows(&run_pprof(&args, &saved)));
+        let none = names(top_rows(&go_pprof(&args, &saved)));
+        assert_eq!(plain, none, "{name}: the same names either way");
+        assert!(
+            plain
+                .iter()
+                .any(|name| name.contains(" as core::future::future::Future>::poll")),
+            "{name}: trait methods keep their full names: {plain:#?}"
+        );
+        assert!(
+            !plain.iter().any(|name| name.starts_with("::")),
+            "{name}: no bare trait method: {plain:#?}"
+        );
+    }
+    load.abort();
 }
 
 #[tokio::test]
