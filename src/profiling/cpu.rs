@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ProfilingError;
 use super::jemalloc::UnsampledThread;
-use super::pprof::{Frame, Profile, ProfileBuilder, StackEntry};
+use super::pprof::{Profile, ProfileBuilder, StackEntry};
 use super::sigprof::Session;
 use super::symbols::caller;
 
@@ -239,7 +239,7 @@ pub fn lookup_addresses(windows: &[Arc<CpuWindow>]) -> impl Iterator<Item = u64>
 /// Builds the pprof CPU profile of some windows, given the frames of each of their addresses.
 pub fn build_profile(
     windows: &[Arc<CpuWindow>],
-    frames: &std::collections::HashMap<u64, Arc<[Frame]>>,
+    frames: &super::symbols::FramesByAddress,
 ) -> Profile {
     let period = 1_000_000_000 / i64::from(FREQUENCY_HZ);
     let mut builder = ProfileBuilder::new(

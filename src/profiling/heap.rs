@@ -4,12 +4,11 @@
 //!
 //! Parsing, un-sampling, trimming and building are pure functions; [`dump`] is the only I/O.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ProfilingError;
 use super::pprof::{Frame, Profile, ProfileBuilder, StackEntry};
-use super::symbols::{Symbolizer, caller};
+use super::symbols::{FramesByAddress, Symbolizer, caller};
 
 /// One sampled stack of jemalloc's heap dump, with its sampled (not yet scaled) counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +183,7 @@ pub fn trim_allocator_frames(stack: &mut Vec<StackEntry>) {
 }
 
 /// Builds the pprof profile of a parsed heap dump, given the frames of each of its addresses.
-pub fn build_profile(heap: &RawHeap, frames: &HashMap<u64, Arc<[Frame]>>) -> Profile {
+pub fn build_profile(heap: &RawHeap, frames: &FramesByAddress) -> Profile {
     let mut builder = ProfileBuilder::new(
         &[("inuse_objects", "count"), ("inuse_space", "bytes")],
         ("space", "bytes"),
@@ -384,7 +383,7 @@ MAPPED_LIBRARIES:
     #[test]
     fn the_profile_attributes_scaled_bytes_to_the_trimmed_leaf() {
         let heap = parse_heap_v2(DUMP).unwrap();
-        let frames: HashMap<u64, Arc<[Frame]>> = [
+        let frames: FramesByAddress = [
             (0xf, vec![Frame::new("_rjem_malloc", "", 0)]),
             (0x1f, vec![Frame::new("leakfinder::leak", "src/leak.rs", 7)]),
             (0x2f, vec![Frame::new("main", "src/main.rs", 1)]),

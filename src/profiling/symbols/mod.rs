@@ -18,6 +18,7 @@ pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CStr;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -43,10 +44,36 @@ pub struct Symbolizer {
     cpu_nanos: AtomicU64,
 }
 
+/// Frames by address, as [`Symbolizer::resolve`] returns them.
+pub type FramesByAddress = HashMap<u64, Arc<[Frame]>, BuildHasherDefault<AddressHash>>;
+
+/// A hash for code addresses: one multiply, folded. Addresses are not chosen by an attacker, so
+/// SipHash's resistance to flooding buys nothing here, and it was most of the cost of a profile
+/// whose addresses are all known already.
+#[derive(Default)]
+pub struct AddressHash(u64);
+
+impl Hasher for AddressHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let mixed = (self.0 ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = mixed ^ (mixed >> 29);
+    }
+}
+
 /// Resolved addresses, their frame chains and strings, each stored once.
 #[derive(Default)]
 struct Index {
-    frames: HashMap<u64, Arc<[Frame]>>,
+    frames: FramesByAddress,
     /// Spans of addresses known to share a chain (the same line in the same inlined calls),
     /// by start: end and chain. A new address inside one needs no debug info.
     spans: BTreeMap<u64, (u64, Arc<[Frame]>)>,
@@ -132,19 +159,38 @@ impl Symbolizer {
     /// Frames for each address, innermost (inlined) first. Pass instruction addresses: for a
     /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
     /// Blocking: run it off the async workers.
-    pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, Arc<[Frame]>> {
+    pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> FramesByAddress {
         let started = crate::process::thread_cpu_time();
-        // The index is long-lived: neither it nor the reading shows in the heap profile.
-        let _unsampled = UnsampledThread::begin();
-        let wanted: HashSet<u64> = addresses.into_iter().collect();
-        let missing = self.missing(&wanted);
+        let mut found = FramesByAddress::default();
+        let mut missing = Vec::new();
+        {
+            let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            for address in addresses {
+                if found.contains_key(&address) {
+                    continue;
+                }
+                match index.chain(address) {
+                    Some(chain) => {
+                        found.insert(address, Arc::clone(chain));
+                    }
+                    None => missing.push(address),
+                }
+            }
+        }
         if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            // The index is long-lived: neither it nor the reading shows in the heap profile.
+            let _unsampled = UnsampledThread::begin();
             let _one_batch = self
                 .resolving
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             // Another batch may have resolved some of them meanwhile.
-            let missing = self.missing(&missing.into_iter().collect());
+            {
+                let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+                missing.retain(|&address| index.chain(address).is_none());
+            }
             let resolved = resolve_missing(&missing);
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             if index.frames.len() + resolved.len() > MAX_INDEXED_ADDRESSES {
@@ -161,26 +207,16 @@ impl Symbolizer {
                     .collect();
                 index.insert(address, frames, span);
             }
+            for address in missing {
+                if let Some(chain) = index.chain(address) {
+                    found.insert(address, Arc::clone(chain));
+                }
+            }
         }
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        let frames = wanted
-            .into_iter()
-            .filter_map(|address| Some((address, Arc::clone(index.chain(address)?))))
-            .collect();
         let spent = crate::process::thread_cpu_time().saturating_sub(started);
         self.cpu_nanos
             .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
-        frames
-    }
-
-    /// The wanted addresses neither indexed nor inside a known span.
-    fn missing(&self, wanted: &HashSet<u64>) -> Vec<u64> {
-        let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-        wanted
-            .iter()
-            .copied()
-            .filter(|&address| index.chain(address).is_none())
-            .collect()
+        found
     }
 
     /// CPU time this symboliser has spent in [`Self::resolve`], all threads together.
@@ -424,6 +460,16 @@ mod tests {
             1,
             "found through the span, not added"
         );
+    }
+
+    #[test]
+    fn the_address_hash_spreads_nearby_addresses_over_the_low_bits() {
+        use std::hash::BuildHasher;
+        let hasher = BuildHasherDefault::<AddressHash>::default();
+        let buckets: HashSet<u64> = (0..4096u64)
+            .map(|k| hasher.hash_one(0x55d0_1234_0000 + k * 16) & 0xfff)
+            .collect();
+        assert!(buckets.len() > 2400, "{} of 4096 buckets", buckets.len());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::roots::{TaskTrace, Traced};
 use super::sites::SiteCount;
 use crate::profiling::pprof::{Frame, Profile, ProfileBuilder, StackEntry};
-use crate::profiling::symbols::{caller, source_path};
+use crate::profiling::symbols::{FramesByAddress, caller, source_path};
 
 /// How the root-most frame of every stack starts: `created by` and the spawning function, as in
 /// Go's goroutine profiles. Readers of the profile (the detector) find the spawn site by it.
@@ -154,11 +154,7 @@ impl SiteKey {
 
 /// The function that contains a spawn site, read from its spawner's frames: the frame at the
 /// site's file and line.
-fn spawner_name(
-    key: &SiteKey,
-    spawner: &[u64],
-    frames: &HashMap<u64, Arc<[Frame]>>,
-) -> Option<Arc<str>> {
+fn spawner_name(key: &SiteKey, spawner: &[u64], frames: &FramesByAddress) -> Option<Arc<str>> {
     spawner
         .iter()
         .filter_map(|&address| frames.get(&caller(address)))
@@ -188,7 +184,7 @@ fn created_by(key: &SiteKey, spawner: Option<&str>, address: u64) -> StackEntry 
 
 /// A traced stack, symbolised and trimmed: from the frame above tokio's `trace_leaf` up to the
 /// task's own future, the tracer's frames cut.
-fn traced_stack(stack: &[u64], frames: &HashMap<u64, Arc<[Frame]>>) -> Vec<StackEntry> {
+fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> Vec<StackEntry> {
     let mut entries: Vec<StackEntry> = stack
         .iter()
         .filter_map(|&address| {
@@ -236,7 +232,7 @@ fn traced_stack(stack: &[u64], frames: &HashMap<u64, Arc<[Frame]>>) -> Vec<Stack
 pub fn assemble(
     groups: &[TraceGroup<'_>],
     sites: &[SiteCount],
-    frames: &HashMap<u64, Arc<[Frame]>>,
+    frames: &FramesByAddress,
 ) -> Vec<TaskStack> {
     let mut by_site: HashMap<SiteKey, (u64, Option<Arc<str>>, u64)> = HashMap::new();
     for site in sites {
@@ -412,7 +408,7 @@ mod tests {
     type FakeFrames<'a> = (u64, &'a [(&'a str, &'a str, u32)]);
 
     /// Symbolised frames for fake addresses.
-    fn frames(table: &[FakeFrames<'_>]) -> HashMap<u64, Arc<[Frame]>> {
+    fn frames(table: &[FakeFrames<'_>]) -> FramesByAddress {
         table
             .iter()
             .map(|(address, frames)| {
@@ -548,7 +544,7 @@ mod tests {
             alive: 4,
             spawner: &[],
         }];
-        let stacks = assemble(&[], &sites, &HashMap::new());
+        let stacks = assemble(&[], &sites, &FramesByAddress::default());
         assert_eq!(stacks.len(), 1);
         let frame = &stacks[0].stack[0].frames[0];
         assert_eq!(
@@ -573,7 +569,7 @@ mod tests {
                 traced: Traced::Runnable,
             },
         ];
-        let stacks = assemble(&group(&traces), &[], &HashMap::new());
+        let stacks = assemble(&group(&traces), &[], &FramesByAddress::default());
         let waits: Vec<&str> = stacks.iter().map(|task| task.wait).collect();
         assert_eq!(waits, vec!["running", "runnable"]);
         assert!(stacks.iter().all(|task| task.stack.len() == 1));
