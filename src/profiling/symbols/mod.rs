@@ -186,10 +186,16 @@ impl Symbolizer {
                 .resolving
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            // Another batch may have resolved some of them meanwhile.
+            // Another batch may have resolved some of them meanwhile: those are taken from it.
             {
                 let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-                missing.retain(|&address| index.chain(address).is_none());
+                missing.retain(|&address| match index.chain(address) {
+                    Some(chain) => {
+                        found.insert(address, Arc::clone(chain));
+                        false
+                    }
+                    None => true,
+                });
             }
             let resolved = resolve_missing(&missing);
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
@@ -460,6 +466,35 @@ mod tests {
             1,
             "found through the span, not added"
         );
+    }
+
+    #[test]
+    fn batches_racing_for_the_same_new_addresses_each_get_all_of_them() {
+        let addresses: Vec<u64> = [
+            a_function_to_find as *const () as u64,
+            source_path as *const () as u64,
+            registry_package_path as *const () as u64,
+            caller as *const () as u64,
+            short_object as *const () as u64,
+        ]
+        .into_iter()
+        .flat_map(|start| (0..8).map(move |k| start + k))
+        .collect();
+        for _ in 0..20 {
+            let symbolizer = Symbolizer::default();
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        let frames = symbolizer.resolve(addresses.iter().copied());
+                        for address in &addresses {
+                            assert!(frames.contains_key(address), "{address:#x} missing");
+                        }
+                    });
+                }
+            });
+        }
     }
 
     #[test]
