@@ -58,8 +58,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// What the pusher has done, for the exported metrics.
 #[derive(Debug, Default)]
 pub struct PushStats {
-    /// Profiles the server accepted.
-    pub pushed: AtomicU64,
     /// Profiles dropped: the oldest when the queue was full, or one the server refused as bad.
     pub dropped: AtomicU64,
     /// Profiles waiting in the queue now.
@@ -347,7 +345,6 @@ impl Pusher {
             match post(client, &self.endpoint, &pending.body, timeout) {
                 Ok(()) => {
                     self.queue.pop();
-                    self.stats.pushed.fetch_add(1, Ordering::Relaxed);
                     self.backoff = FIRST_BACKOFF;
                     if self.failing {
                         self.failing = false;

@@ -160,13 +160,7 @@ pub fn export_env(url: &str) -> Vec<(&'static str, String)> {
 }
 
 fn spawn_exporting(url: &str, extra: &[(&str, &str)]) -> TestApp {
-    let env = export_env(url);
-    let mut all: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(key, value)| (*key, value.as_str()))
-        .collect();
-    all.extend_from_slice(extra);
-    spawn_app(&all)
+    spawn_with(&export_env(url), extra)
 }
 
 fn text(value: &Option<AnyValue>) -> String {

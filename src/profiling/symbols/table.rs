@@ -3,8 +3,8 @@
 //! address of the executable's functions, in runs that share frames, each with its innermost
 //! function or inlined call, file and line, and the chain of calls it was inlined into.
 //!
-//! Symbolising a new address through it is a binary search in a mapped file: no debug info is
-//! read, so the first profile of each line of code costs microseconds instead of a unit's DIEs
+//! Symbolising a new address through it is a binary search over a few positioned reads of the
+//! file: no debug info is read, so the first profile of each line of code costs microseconds instead of a unit's DIEs
 //! and line program. The service uses the table only when its build ID is the executable's own
 //! (a stale table from an earlier build is ignored, with a warning); any address it does not
 //! hold falls back to the debug info ([`super::dwarf`]).
