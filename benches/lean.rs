@@ -4,8 +4,9 @@
 //! - start-up, exec to the first 200 of `/leak-test`;
 //! - idle RSS 5 s after start, and the peak (VmHWM) over those 5 s against it;
 //! - `/leak-test` throughput (wrk, 2 threads, 50 connections), and server CPU per 1000 requests;
-//! - `/safe-test` throughput while a CPU profile runs, against without, for each program (the
-//!   ratio of the medians of 10 rounds, alternating which goes first);
+//! - `/safe-test` while a CPU profile runs, against without, for each program: throughput, and
+//!   requests per CPU second of the server (the target: what profiling costs, whoever else has
+//!   the cores), as the median of 10 rounds' paired ratios, alternating which goes first;
 //! - RSS above the leaked bytes with 1 GiB leaked, and the heap profile's latency then
 //!   (Go's with `?gc=1`, as `go tool pprof` users take it);
 //! - the share of the service's CPU spent symbolising during 10 minutes of pushes to a recording
@@ -327,61 +328,111 @@ fn leak_test_throughput(table: &mut Table, go: &Path) {
 }
 
 fn safe_test_under_cpu_profile(table: &mut Table, go: &Path) {
-    // Single 5 s windows on a shared 2-core machine vary by a few percent, about the size of
-    // what is measured: ten rounds keep the medians steady.
+    // Each round pairs a 5 s window with a CPU profile and one without, back to back, so a
+    // drift in the machine's speed cancels within the pair; ten rounds give a steady median.
     const ROUNDS: usize = 10;
-    let servers = [Program::Rust, Program::Go].map(|program| program.start(go, &[]).0);
-    let (mut without, mut with) = ([vec![], vec![]], [vec![], vec![]]);
+    let programs = [Program::Rust, Program::Go];
+    let servers = programs.map(|program| program.start(go, &[]).0);
+    let (mut throughput, mut cpu) = ([vec![], vec![]], [vec![], vec![]]);
     for round in 0..ROUNDS {
         for (index, server) in servers.iter().enumerate() {
-            // Alternate rounds measure in the other order, so a drift in the machine's speed
-            // over a round weighs on both sides alike.
-            if round % 2 == 0 {
-                without[index].push(wrk(&server.addr, "/safe-test", 5).0);
-                with[index].push(safe_test_while_profiling(&server.addr));
+            // Alternate rounds measure in the other order, so what comes first in a pair (a
+            // warmer cache, a quieter neighbour) weighs on both sides alike.
+            let (with, without) = if round % 2 == 0 {
+                let without = safe_test_window(server);
+                (safe_test_while_profiling(programs[index], server), without)
             } else {
-                with[index].push(safe_test_while_profiling(&server.addr));
-                without[index].push(wrk(&server.addr, "/safe-test", 5).0);
-            }
+                let with = safe_test_while_profiling(programs[index], server);
+                (with, safe_test_window(server))
+            };
+            throughput[index].push(with.requests_per_second / without.requests_per_second);
+            cpu[index].push(without.cpu_per_request / with.cpu_per_request);
         }
-        println!("  /safe-test round {} of {ROUNDS}", round + 1);
+        println!(
+            "  /safe-test round {} of {ROUNDS}, with / without: throughput rust {:.3} go {:.3}; \
+             requests per CPU second rust {:.3} go {:.3}",
+            round + 1,
+            throughput[0][round],
+            throughput[1][round],
+            cpu[0][round],
+            cpu[1][round]
+        );
     }
-    // Each program against itself: the median throughput with a profile over the median without.
-    let ratio = |index: usize| median(&with[index]) / median(&without[index]);
+    // Throughput over 5 s on a shared 2-core machine swings by more than the profiler costs
+    // (Go's own ratio ranged 0.47 to 1.30 in one run with a compiler beside it): whoever else
+    // runs takes cores from wrk and the server alike. The server's CPU per request is what
+    // profiling adds to, and it does not depend on who else got the cores; it is the target.
     println!(
-        "/safe-test with a CPU profile / without       rust {:>10.3}        go {:>10.3}",
-        ratio(0),
-        ratio(1)
+        "/safe-test with a CPU profile / without       rust {:>10.3}        go {:>10.3}  (throughput, medians of {ROUNDS} paired rounds)",
+        median(&throughput[0]),
+        median(&throughput[1])
+    );
+    println!(
+        "/safe-test requests per CPU second, with / without  rust {:>6.3}  go {:>6.3}  (medians of {ROUNDS} paired rounds)",
+        median(&cpu[0]),
+        median(&cpu[1])
     );
     table.single(
-        "/safe-test with / without CPU profile",
+        "/safe-test per CPU second, with / without profile",
         "x",
-        &[ratio(0)],
+        &cpu[0],
         Target::AtLeast(0.97),
     );
 }
 
-/// `/safe-test` throughput over 5 s inside a 7 s CPU profile.
-fn safe_test_while_profiling(addr: &str) -> f64 {
-    let profiled = addr.to_owned();
+/// What one 5 s wrk window of `/safe-test` measured.
+struct SafeTestWindow {
+    requests_per_second: f64,
+    /// The server's CPU seconds (every thread, the profiler's included) per request.
+    cpu_per_request: f64,
+}
+
+fn safe_test_window(server: &Server) -> SafeTestWindow {
+    let before = cpu_time(server);
+    let (requests_per_second, requests) = wrk(&server.addr, "/safe-test", 5);
+    let cpu = cpu_time(server).saturating_sub(before).as_secs_f64();
+    SafeTestWindow {
+        requests_per_second,
+        cpu_per_request: cpu / requests.max(1) as f64,
+    }
+}
+
+/// A `/safe-test` window inside a 7 s CPU profile. Returns once the program has stopped
+/// sampling, so that a window without a profile that follows is really without.
+fn safe_test_while_profiling(program: Program, server: &Server) -> SafeTestWindow {
+    let profiled = server.addr.clone();
     let profile = std::thread::spawn(move || get(&profiled, "/debug/pprof/profile?seconds=7"));
     std::thread::sleep(Duration::from_millis(500));
-    let throughput = wrk(addr, "/safe-test", 5).0;
+    let window = safe_test_window(server);
     let (status, body) = profile.join().unwrap().expect("the CPU profile answers");
     assert_eq!(status, 200);
     assert!(!body.is_empty());
-    // The profile ends 1.5 s after the load: both programs are idle again before what follows.
-    throughput
+    // Go's profiler stops with its request; leakfinder's sampler lingers a couple of seconds
+    // for a client taking profiles back to back.
+    if program == Program::Rust {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while json(&server.addr, "/leak-test")["process"]["cpu_sampling"] != false {
+            assert!(
+                Instant::now() < deadline,
+                "the CPU sampler stops within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    window
 }
 
 fn one_gib_leaked(table: &mut Table, go: &Path) {
     const ROUNDS: usize = 2;
+    // Calls measured after the first (which symbolises the leak's addresses) in each round; the
+    // p99 is over the rounds' calls together (the 198th of 200), not a round's slowest call.
+    const HEAP_CALLS: usize = 100;
     let env = [
         ("LEAK_CHUNK_BYTES", (1u64 << 20).to_string()),
         ("LEAK_INTERVAL_MS", "1".to_owned()),
         ("LEAK_MAX_BYTES", GIB.to_string()),
     ];
-    let (mut above, mut p99) = ([vec![], vec![]], [vec![], vec![]]);
+    let (mut above, mut latencies) = ([vec![], vec![]], [vec![], vec![]]);
     for round in 0..ROUNDS {
         for (index, program) in [Program::Rust, Program::Go].into_iter().enumerate() {
             let (server, _) = program.start(go, &env);
@@ -400,19 +451,16 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
                 Program::Rust => "/debug/pprof/heap",
                 Program::Go => "/debug/pprof/heap?gc=1",
             };
-            let mut latencies = Vec::new();
-            for call in 0..21 {
+            for call in 0..=HEAP_CALLS {
                 let started = Instant::now();
                 let (status, body) = get(&server.addr, path).expect("the heap profile answers");
                 let took = started.elapsed().as_secs_f64() * 1000.0;
                 assert_eq!(status, 200);
                 assert!(!body.is_empty());
                 if call > 0 {
-                    latencies.push(took);
+                    latencies[index].push(took);
                 }
             }
-            latencies.sort_by(f64::total_cmp);
-            p99[index].push(latencies[latencies.len() - 1]);
         }
         println!("  1 GiB round {} of {ROUNDS}", round + 1);
     }
@@ -424,15 +472,24 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
         go,
         Target::AtMost(1.5),
     );
-    let [rust, go] = &p99;
+    // Nearest rank over every measured call.
+    let p99 = latencies.map(|mut calls| {
+        calls.sort_by(f64::total_cmp);
+        calls[(calls.len() * 99).div_ceil(100) - 1]
+    });
     table.ratio(
-        "heap profile p99 (calls 2 to 21)",
+        "heap profile p99 (calls 2 to 101 of each round)",
         "ms",
-        rust,
-        go,
+        &p99[..1],
+        &p99[1..],
         Target::None,
     );
-    table.single("heap profile p99 (ms)", "ms", rust, Target::AtMost(5.0));
+    table.single(
+        "heap profile p99 (ms)",
+        "ms",
+        &p99[..1],
+        Target::AtMost(5.0),
+    );
 }
 
 /// The functions whose samples count as symbolising.

@@ -91,6 +91,9 @@ pub struct ProcessState {
     /// CPU milliseconds spent symbolising since start, all profiles together (debug info is read
     /// once per line of code; every later profile finds its addresses in the index).
     pub symbolising_cpu_ms: u64,
+    /// Whether the CPU sampler runs now: only while a CPU profile is taken or pushed, and for
+    /// a couple of seconds after, so that profiles taken back to back share it.
+    pub cpu_sampling: bool,
 }
 
 /// How the leaks grow.
@@ -184,6 +187,7 @@ impl StatusApi {
                 memory_age_ms: reading.age.as_millis() as u64,
                 symbol_index_bytes: self.state.profilers.symbols.index_bytes() as u64,
                 symbolising_cpu_ms: self.state.profilers.symbols.cpu_time().as_millis() as u64,
+                cpu_sampling: crate::profiling::sigprof::running(),
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

@@ -110,6 +110,11 @@ static OWNED: AtomicBool = AtomicBool::new(false);
 /// The handler, installed once and left in place (it ignores signals while no session runs).
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
+/// Whether a sampling session is running now (the timer is armed and SIGPROF is sampled).
+pub fn running() -> bool {
+    OWNED.load(Ordering::Acquire)
+}
+
 impl Session {
     /// Builds the unwinder if this is the first session, installs the handler, allocates the
     /// ring and starts the timer.

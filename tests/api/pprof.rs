@@ -287,6 +287,23 @@ async fn plain_go_tool_pprof_shows_the_names_symbolize_none_shows() {
             !plain.iter().any(|name| name.starts_with("::")),
             "{name}: no bare trait method: {plain:#?}"
         );
+        if name == "cpu" {
+            // Every thread starts in libc, and the leak's chunks are filled by its memset:
+            // named from libc's own tables (its debug file), never `libc.so.6+0x16e0ba`.
+            assert!(
+                plain.contains("start_thread"),
+                "{name}: libc frames are named: {plain:#?}"
+            );
+            assert!(
+                !plain.iter().any(|name| name.starts_with("lib")
+                    && name.contains(".so")
+                    && name.contains("+0x")
+                    && (name.starts_with("libc.")
+                        || name.starts_with("libm.")
+                        || name.starts_with("ld-linux"))),
+                "{name}: no unsymbolised libc frame: {plain:#?}"
+            );
+        }
     }
     load.abort();
 }
@@ -483,6 +500,37 @@ async fn overlapping_cpu_profiles_share_the_one_sampler() {
         );
     }
     assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+}
+
+/// Sampling costs CPU on every thread, so it runs only while a CPU profile wants it and stops
+/// a couple of seconds after the last one, as Go's profiler stops with its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_sampler_runs_only_while_a_profile_wants_it() {
+    let app = spawn_app(&[]);
+    let sampling = async || app.report().await["process"]["cpu_sampling"].clone();
+    assert_eq!(
+        sampling().await,
+        false,
+        "nobody asked for a CPU profile yet"
+    );
+    let profile = app.get("/debug/pprof/profile?seconds=2");
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        sampling().await
+    };
+    let (response, during) = tokio::join!(profile, during);
+    assert_eq!(response.status(), 200);
+    assert_eq!(during, true, "the sampler runs while the profile is taken");
+    // The sampler looks at demand once per window; it must stop within a few seconds.
+    const STOPS_WITHIN: Duration = Duration::from_secs(4);
+    let deadline = tokio::time::Instant::now() + STOPS_WITHIN;
+    while sampling().await == true {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sampler still runs {STOPS_WITHIN:?} after the last profile ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The profiler's own memory is a small, flat baseline: symbolisation keeps no DWARF cache, the

@@ -14,10 +14,10 @@
 
 pub mod dwarf;
 mod lines;
+pub mod objects;
 pub mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::CStr;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,8 @@ pub struct Symbolizer {
     resolving: Mutex<()>,
     /// CPU time spent in [`Self::resolve`], in nanoseconds.
     cpu_nanos: AtomicU64,
+    /// The symbol tables of libc and the other shared objects, read on their first frame.
+    objects: objects::SharedObjects,
 }
 
 /// Frames by address, as [`Symbolizer::resolve`] returns them.
@@ -197,7 +199,7 @@ impl Symbolizer {
                     None => true,
                 });
             }
-            let resolved = resolve_missing(&missing);
+            let resolved = resolve_missing(&missing, &self.objects);
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             if index.frames.len() + resolved.len() > MAX_INDEXED_ADDRESSES {
                 *index = Index::default();
@@ -245,6 +247,7 @@ impl Symbolizer {
         let tables = dwarf::DebugInfo::loaded().map_or(0, dwarf::DebugInfo::table_bytes);
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         tables
+            + self.objects.bytes()
             + index.bytes
             + index.frames.capacity() * (size_of::<u64>() + size_of::<Arc<[Frame]>>() + 1)
             + index.chains.capacity() * (size_of::<Arc<[Frame]>>() + 1)
@@ -254,7 +257,10 @@ impl Symbolizer {
 
 /// Frames for each address (`function`, `file`, `line` as plain strings), innermost first, and
 /// the span of addresses around it with the same frames.
-fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
+fn resolve_missing(
+    missing: &[u64],
+    objects: &objects::SharedObjects,
+) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
     let executable = Executable::current();
     let table = prebuilt_table();
     let mut in_executable: Vec<(u64, u64)> = Vec::new();
@@ -265,10 +271,20 @@ fn resolve_missing(missing: &[u64]) -> Vec<(u64, Vec<Frame>, Range<u64>)> {
             .and_then(|exe| exe.file_address(address))
         {
             Some(file_address) => in_executable.push((address, file_address)),
-            None => {
-                let frame = shared_object_frame(address).unwrap_or_else(|| unknown_frame(address));
-                resolved.push((address, vec![frame], address..address + 1));
-            }
+            None => match objects.frame(address) {
+                Some(frame) => resolved.push((
+                    address,
+                    vec![Frame {
+                        function: frame.function.into(),
+                        file: frame.object.into(),
+                        line: 0,
+                    }],
+                    frame.span,
+                )),
+                None => {
+                    resolved.push((address, vec![unknown_frame(address)], address..address + 1))
+                }
+            },
         }
     }
     let mut found = match table {
@@ -342,45 +358,6 @@ fn prebuilt_table() -> Option<&'static table::Table> {
 /// The address to look a return address up by: inside the call instruction that pushed it.
 pub fn caller(return_address: u64) -> u64 {
     return_address.saturating_sub(1)
-}
-
-/// A frame outside the executable (libc, the vDSO): named by the dynamic symbol table.
-#[allow(unsafe_code)]
-fn shared_object_frame(probe: u64) -> Option<Frame> {
-    // SAFETY: `Dl_info` is plain old data for which all-zero is a valid value.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: `dladdr` only reads its address argument (it is never dereferenced) and fills `info`.
-    let found = unsafe { libc::dladdr(probe as *const libc::c_void, &mut info) };
-    if found == 0 {
-        return None;
-    }
-    // SAFETY: on success, non-null `dli_sname`/`dli_fname` point to NUL-terminated strings owned by
-    // the dynamic loader, valid while the object stays loaded; they are copied at once.
-    let text = |ptr: *const libc::c_char| {
-        (!ptr.is_null()).then(|| {
-            unsafe { CStr::from_ptr(ptr) }
-                .to_string_lossy()
-                .into_owned()
-        })
-    };
-    let object = text(info.dli_fname).unwrap_or_default();
-    let function = match text(info.dli_sname) {
-        Some(name) => dwarf::demangle(&name),
-        None => format!(
-            "{}+{:#x}",
-            short_object(&object),
-            probe - info.dli_fbase as u64
-        ),
-    };
-    Some(Frame {
-        function: function.into(),
-        file: object.into(),
-        line: 0,
-    })
-}
-
-fn short_object(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 fn unknown_frame(address: u64) -> Frame {
@@ -475,7 +452,7 @@ mod tests {
             source_path as *const () as u64,
             registry_package_path as *const () as u64,
             caller as *const () as u64,
-            short_object as *const () as u64,
+            unknown_frame as *const () as u64,
         ]
         .into_iter()
         .flat_map(|start| (0..8).map(move |k| start + k))
