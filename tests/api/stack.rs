@@ -84,13 +84,19 @@ fn compose_v2_accepts_the_stack() {
         ("leakfinder", "prometheus"),
         ("grafana", "prometheus"),
         ("grafana", "leakfinder"),
+        ("grafana", "pyroscope"),
     ] {
         assert_eq!(
             services[service]["depends_on"][dependency]["condition"], "service_healthy",
             "{service} on {dependency}"
         );
     }
-    for healthy in ["leakfinder", "prometheus", "grafana"] {
+    // Pyroscope takes about a minute to be ready; the service starts at once and its push retries.
+    assert_eq!(
+        services["leakfinder"]["depends_on"]["pyroscope"]["condition"],
+        "service_started"
+    );
+    for healthy in ["leakfinder", "prometheus", "grafana", "pyroscope"] {
         assert!(
             services[healthy]["healthcheck"]["test"].is_array(),
             "{healthy} has a healthcheck"
@@ -100,6 +106,116 @@ fn compose_v2_accepts_the_stack() {
         services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"],
         "true"
     );
+
+    // Current majors, and the versions the tests check against are the ones the stack runs.
+    let image = |service: &str| services[service]["image"].as_str().unwrap().to_owned();
+    assert!(image("pyroscope").starts_with("grafana/pyroscope:2."));
+    assert!(image("grafana").starts_with("grafana/grafana:13."));
+    let prometheus = image("prometheus");
+    let minor = prometheus
+        .strip_prefix("prom/prometheus:v3.")
+        .expect("Prometheus 3");
+    // v3.16.0 is the Go module's v0.316.0, which .ci/run builds for the PromQL test.
+    assert!(
+        read(".ci/run").contains(&format!("PROMETHEUS_VERSION=v0.3{minor} ")),
+        "{prometheus} is the version .ci/run builds"
+    );
+    let schema: Value = serde_json::from_str(&read("tests/grafana/package.json")).unwrap();
+    assert_eq!(
+        image("grafana"),
+        format!(
+            "grafana/grafana:{}",
+            schema["dependencies"]["@grafana/schema"].as_str().unwrap()
+        ),
+        "the dashboards are checked against the schema of the Grafana that runs them"
+    );
+
+    // Pyroscope 2: v2 storage on the filesystem, all of it in a volume, and a health check with
+    // a tool its distroless image has.
+    let pyroscope = &services["pyroscope"];
+    let flags: Vec<&str> = pyroscope["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|flag| flag.as_str().unwrap())
+        .collect();
+    for flag in [
+        "-architecture.storage=v2",
+        "-storage.backend=filesystem",
+        "-storage.filesystem.dir=/data/v2/shared",
+        "-metastore.data-dir=/data/v2/metastore/data",
+        "-metastore.raft.dir=/data/v2/metastore/raft",
+    ] {
+        assert!(
+            flags.contains(&flag),
+            "pyroscope runs with {flag}: {flags:?}"
+        );
+    }
+    assert_eq!(pyroscope["volumes"][0]["type"], "volume");
+    assert_eq!(pyroscope["volumes"][0]["target"], "/data");
+    assert_eq!(
+        pyroscope["healthcheck"]["test"],
+        serde_json::json!([
+            "CMD",
+            "/usr/bin/profilecli",
+            "ready",
+            "--url=http://127.0.0.1:4040"
+        ])
+    );
+    assert!(
+        pyroscope["healthcheck"]["start_period"]
+            .as_str()
+            .is_some_and(|period| period.starts_with('2') && period.contains('m')),
+        "about a minute to start, and room for a slow machine: {}",
+        pyroscope["healthcheck"]["start_period"]
+    );
+
+    // Every pinned image names its release date in a comment above it.
+    let compose = read("docker-compose.yml");
+    let lines: Vec<&str> = compose.lines().collect();
+    for (at, line) in lines.iter().enumerate() {
+        let Some(image) = line.trim().strip_prefix("image: ") else {
+            continue;
+        };
+        if image == "leakfinder:local" {
+            continue;
+        }
+        let comment: String = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|line| line.trim().starts_with('#'))
+            .map(|line| line.trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(released_on_a_date(&comment), "{image}: {comment:?}");
+    }
+
+    // The README's one-container alternative pins its image, with its date, too.
+    let readme = read("README.md");
+    let lgtm = readme
+        .lines()
+        .find(|line| line.starts_with("docker run") && line.contains("grafana/otel-lgtm"))
+        .expect("the README runs grafana/otel-lgtm");
+    let tag = lgtm
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("grafana/otel-lgtm:"))
+        .unwrap_or_else(|| panic!("otel-lgtm pinned: {lgtm}"));
+    let dated = readme
+        .find(&format!("{tag}, released "))
+        .is_some_and(|at| released_on_a_date(&readme[at..].chars().take(40).collect::<String>()));
+    assert!(dated, "the README says when otel-lgtm {tag} was released");
+}
+
+/// Whether `text` says `released YYYY-MM-DD`.
+fn released_on_a_date(text: &str) -> bool {
+    text.match_indices("released ").any(|(at, prefix)| {
+        let date = &text.as_bytes()[at + prefix.len()..];
+        date.len() >= 10
+            && date[..10].iter().enumerate().all(|(i, byte)| match i {
+                4 | 7 => *byte == b'-',
+                _ => byte.is_ascii_digit(),
+            })
+    })
 }
 
 #[test]
