@@ -84,13 +84,19 @@ fn compose_v2_accepts_the_stack() {
         ("leakfinder", "prometheus"),
         ("grafana", "prometheus"),
         ("grafana", "leakfinder"),
+        ("grafana", "pyroscope"),
     ] {
         assert_eq!(
             services[service]["depends_on"][dependency]["condition"], "service_healthy",
             "{service} on {dependency}"
         );
     }
-    for healthy in ["leakfinder", "prometheus", "grafana"] {
+    // Pyroscope takes about a minute to be ready; the service starts at once and its push retries.
+    assert_eq!(
+        services["leakfinder"]["depends_on"]["pyroscope"]["condition"],
+        "service_started"
+    );
+    for healthy in ["leakfinder", "prometheus", "grafana", "pyroscope"] {
         assert!(
             services[healthy]["healthcheck"]["test"].is_array(),
             "{healthy} has a healthcheck"
@@ -100,6 +106,116 @@ fn compose_v2_accepts_the_stack() {
         services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"],
         "true"
     );
+
+    // Current majors, and the versions the tests check against are the ones the stack runs.
+    let image = |service: &str| services[service]["image"].as_str().unwrap().to_owned();
+    assert!(image("pyroscope").starts_with("grafana/pyroscope:2."));
+    assert!(image("grafana").starts_with("grafana/grafana:13."));
+    let prometheus = image("prometheus");
+    let minor = prometheus
+        .strip_prefix("prom/prometheus:v3.")
+        .expect("Prometheus 3");
+    // v3.16.0 is the Go module's v0.316.0, which .ci/run builds for the PromQL test.
+    assert!(
+        read(".ci/run").contains(&format!("PROMETHEUS_VERSION=v0.3{minor} ")),
+        "{prometheus} is the version .ci/run builds"
+    );
+    let schema: Value = serde_json::from_str(&read("tests/grafana/package.json")).unwrap();
+    assert_eq!(
+        image("grafana"),
+        format!(
+            "grafana/grafana:{}",
+            schema["dependencies"]["@grafana/schema"].as_str().unwrap()
+        ),
+        "the dashboards are checked against the schema of the Grafana that runs them"
+    );
+
+    // Pyroscope 2: v2 storage on the filesystem, all of it in a volume, and a health check with
+    // a tool its distroless image has.
+    let pyroscope = &services["pyroscope"];
+    let flags: Vec<&str> = pyroscope["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|flag| flag.as_str().unwrap())
+        .collect();
+    for flag in [
+        "-architecture.storage=v2",
+        "-storage.backend=filesystem",
+        "-storage.filesystem.dir=/data/v2/shared",
+        "-metastore.data-dir=/data/v2/metastore/data",
+        "-metastore.raft.dir=/data/v2/metastore/raft",
+    ] {
+        assert!(
+            flags.contains(&flag),
+            "pyroscope runs with {flag}: {flags:?}"
+        );
+    }
+    assert_eq!(pyroscope["volumes"][0]["type"], "volume");
+    assert_eq!(pyroscope["volumes"][0]["target"], "/data");
+    assert_eq!(
+        pyroscope["healthcheck"]["test"],
+        serde_json::json!([
+            "CMD",
+            "/usr/bin/profilecli",
+            "ready",
+            "--url=http://127.0.0.1:4040"
+        ])
+    );
+    assert!(
+        pyroscope["healthcheck"]["start_period"]
+            .as_str()
+            .is_some_and(|period| period.starts_with('2') && period.contains('m')),
+        "about a minute to start, and room for a slow machine: {}",
+        pyroscope["healthcheck"]["start_period"]
+    );
+
+    // Every pinned image names its release date in a comment above it.
+    let compose = read("docker-compose.yml");
+    let lines: Vec<&str> = compose.lines().collect();
+    for (at, line) in lines.iter().enumerate() {
+        let Some(image) = line.trim().strip_prefix("image: ") else {
+            continue;
+        };
+        if image == "leakfinder:local" {
+            continue;
+        }
+        let comment: String = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|line| line.trim().starts_with('#'))
+            .map(|line| line.trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(released_on_a_date(&comment), "{image}: {comment:?}");
+    }
+
+    // The README's one-container alternative pins its image, with its date, too.
+    let readme = read("README.md");
+    let lgtm = readme
+        .lines()
+        .find(|line| line.starts_with("docker run") && line.contains("grafana/otel-lgtm"))
+        .expect("the README runs grafana/otel-lgtm");
+    let tag = lgtm
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("grafana/otel-lgtm:"))
+        .unwrap_or_else(|| panic!("otel-lgtm pinned: {lgtm}"));
+    let dated = readme
+        .find(&format!("{tag}, released "))
+        .is_some_and(|at| released_on_a_date(&readme[at..].chars().take(40).collect::<String>()));
+    assert!(dated, "the README says when otel-lgtm {tag} was released");
+}
+
+/// Whether `text` says `released YYYY-MM-DD`.
+fn released_on_a_date(text: &str) -> bool {
+    text.match_indices("released ").any(|(at, prefix)| {
+        let date = &text.as_bytes()[at + prefix.len()..];
+        date.len() >= 10
+            && date[..10].iter().enumerate().all(|(i, byte)| match i {
+                4 | 7 => *byte == b'-',
+                _ => byte.is_ascii_digit(),
+            })
+    })
 }
 
 #[test]
@@ -199,6 +315,263 @@ fn the_dashboards_and_rules_refer_to_provisioned_datasources_and_pushed_profile_
         providers["providers"][0]["options"]["path"],
         "/var/lib/grafana/dashboards"
     );
+}
+
+/// Runs `tests/grafana/validate.mjs KIND FILES...` (`npm ci` there by .ci/run): its exit code and
+/// what it printed, one `FILE: PATH: PROBLEM` line per problem or `ok FILE` per valid file.
+fn grafana_schema_check(kind: &str, files: &[PathBuf]) -> (Option<i32>, String) {
+    let checker = root().join("tests/grafana");
+    assert!(
+        checker.join("node_modules/@grafana/schema").is_dir(),
+        "run `npm ci` in tests/grafana first (.ci/run does)"
+    );
+    let output = Command::new("node")
+        .arg(checker.join("validate.mjs"))
+        .arg(kind)
+        .args(files)
+        .output()
+        .expect("node is installed");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), printed)
+}
+
+/// Writes each `(name, contents)` into `dir`, returning the paths in the same order.
+fn write_copies(dir: &Path, copies: &[(&str, String)]) -> Vec<PathBuf> {
+    copies
+        .iter()
+        .map(|(name, contents)| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Asserts the check found `problem` at `path` in `file`, and did not pass it.
+fn assert_rejected(printed: &str, file: &Path, path: &str, problem: &str) {
+    let file = file.display();
+    assert!(
+        !printed.contains(&format!("ok {file}\n")),
+        "{file} passed: {printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|line| line.starts_with(&format!("{file}: {path}: ")) && line.contains(problem)),
+        "{file}: expected {problem:?} at {path}:\n{printed}"
+    );
+}
+
+#[test]
+fn the_dashboards_satisfy_grafanas_schema_for_the_pinned_version() {
+    let mut dashboards: Vec<PathBuf> = std::fs::read_dir(root().join("grafana/dashboards"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    dashboards.sort();
+    assert!(!dashboards.is_empty());
+
+    let (status, printed) = grafana_schema_check("dashboard", &dashboards);
+
+    assert_eq!(status, Some(0), "{printed}");
+    for dashboard in &dashboards {
+        assert!(
+            printed.contains(&format!("ok {}\n", dashboard.display())),
+            "{printed}"
+        );
+    }
+}
+
+#[test]
+fn a_dashboard_grafana_would_reject_fails_the_schema_check() {
+    let original = dashboard();
+    let panels = original["panels"].as_array().unwrap();
+    let series = panels
+        .iter()
+        .position(|panel| panel["type"] == "timeseries")
+        .unwrap();
+    let flame = panels
+        .iter()
+        .position(|panel| panel["type"] == "flamegraph")
+        .unwrap();
+    let broken = |change: &dyn Fn(&mut Value)| {
+        let mut copy = original.clone();
+        change(&mut copy);
+        serde_json::to_string_pretty(&copy).unwrap()
+    };
+    let p = format!("panels[{series}]");
+    let cases = [
+        ("unchanged.json", "", "", broken(&|_| {})),
+        (
+            "grid-position-a-string.json",
+            &*format!("{p}.gridPos"),
+            "Type 'string' is not assignable",
+            broken(&|d| d["panels"][series]["gridPos"] = "x".into()),
+        ),
+        (
+            "targets-an-object.json",
+            &*format!("{p}.targets"),
+            "is missing the following properties",
+            broken(&|d| d["panels"][series]["targets"] = serde_json::json!({})),
+        ),
+        (
+            "unknown-panel-field.json",
+            &*format!("{p}.colour"),
+            "'\"colour\"' does not exist",
+            broken(&|d| d["panels"][series]["colour"] = "red".into()),
+        ),
+        (
+            "legend-mode-misspelt.json",
+            &*format!("{p}.options.legend.displayMode"),
+            "Type '\"lists\"' is not assignable",
+            broken(&|d| d["panels"][series]["options"]["legend"]["displayMode"] = "lists".into()),
+        ),
+        (
+            "line-width-a-string.json",
+            &*format!("{p}.fieldConfig.defaults.custom.lineWidth"),
+            "Type 'string' is not assignable to type 'number'",
+            broken(&|d| {
+                d["panels"][series]["fieldConfig"]["defaults"]["custom"]["lineWidth"] = "2".into()
+            }),
+        ),
+        (
+            "query-field-misspelt.json",
+            &*format!("{p}.targets[0].legendFromat"),
+            "'\"legendFromat\"' does not exist",
+            broken(&|d| d["panels"][series]["targets"][0]["legendFromat"] = "RSS".into()),
+        ),
+        (
+            "profile-group-by-a-string.json",
+            &*format!("panels[{flame}].targets[0].groupBy"),
+            "not assignable to type 'string[]'",
+            broken(&|d| d["panels"][flame]["targets"][0]["groupBy"] = "thread_name".into()),
+        ),
+        (
+            "schema-version-a-string.json",
+            "schemaVersion",
+            "Type 'string' is not assignable to type 'number'",
+            broken(&|d| d["schemaVersion"] = "39".into()),
+        ),
+    ];
+    let scratch = tempfile::tempdir().unwrap();
+    let files = write_copies(
+        scratch.path(),
+        &cases
+            .iter()
+            .map(|(name, _, _, json)| (*name, json.clone()))
+            .collect::<Vec<_>>(),
+    );
+
+    let (status, printed) = grafana_schema_check("dashboard", &files);
+
+    assert_eq!(status, Some(1), "{printed}");
+    // The untouched copy passes in the same run: each failure is its one change.
+    assert!(
+        printed.contains(&format!("ok {}\n", files[0].display())),
+        "{printed}"
+    );
+    for ((_, path, problem, _), file) in cases.iter().zip(&files).skip(1) {
+        assert_rejected(&printed, file, path, problem);
+    }
+}
+
+#[test]
+fn the_alert_rules_satisfy_grafanas_provisioning_format() {
+    let rules = root().join("grafana/provisioning/alerting/leak-alerts.yaml");
+
+    let (status, printed) = grafana_schema_check("alert-rules", std::slice::from_ref(&rules));
+
+    assert_eq!(status, Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!("ok {}\n", rules.display())),
+        "{printed}"
+    );
+}
+
+#[test]
+fn alert_rules_grafana_would_reject_fail_the_check() {
+    let original = read("grafana/provisioning/alerting/leak-alerts.yaml");
+    let broken = |from: &str, to: &str| {
+        let copy = original.replacen(from, to, 1);
+        assert_ne!(copy, original, "{from:?} is in the rules");
+        copy
+    };
+    let range = "relativeTimeRange: { from: 600, to: 0 }";
+    let rule = "groups.0.rules.0";
+    let cases = [
+        (
+            "unchanged.yaml",
+            String::new(),
+            String::new(),
+            original.clone(),
+        ),
+        (
+            "range-a-duration.yaml",
+            format!("{rule}.data.0.relativeTimeRange.from"),
+            "must be integer".to_owned(),
+            broken(range, "relativeTimeRange: { from: 10m, to: 0 }"),
+        ),
+        (
+            "range-ends-before-it-starts.yaml",
+            format!("{rule}.data.0.relativeTimeRange"),
+            "from must be greater than to".to_owned(),
+            broken(range, "relativeTimeRange: { from: 0, to: 600 }"),
+        ),
+        (
+            "for-in-words.yaml",
+            format!("{rule}.for"),
+            "must match pattern".to_owned(),
+            broken("for: 5m", "for: 5 minutes"),
+        ),
+        (
+            "labels-misspelt.yaml",
+            rule.to_owned(),
+            "must NOT have additional properties: lables".to_owned(),
+            broken("labels:", "lables:"),
+        ),
+        (
+            "no-data-state-misspelt.yaml",
+            format!("{rule}.noDataState"),
+            "must be equal to one of the allowed values".to_owned(),
+            broken("for: 5m", "for: 5m\n        noDataState: Nodata"),
+        ),
+        (
+            "condition-names-no-query.yaml",
+            format!("{rule}.condition"),
+            "C is none of the queries".to_owned(),
+            broken("condition: B", "condition: C"),
+        ),
+        (
+            "threshold-of-no-query.yaml",
+            format!("{rule}.data.1.model.expression"),
+            "Z is none of the queries".to_owned(),
+            broken("expression: A", "expression: Z"),
+        ),
+    ];
+    let scratch = tempfile::tempdir().unwrap();
+    let files = write_copies(
+        scratch.path(),
+        &cases
+            .iter()
+            .map(|(name, _, _, yaml)| (*name, yaml.clone()))
+            .collect::<Vec<_>>(),
+    );
+
+    let (status, printed) = grafana_schema_check("alert-rules", &files);
+
+    assert_eq!(status, Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!("ok {}\n", files[0].display())),
+        "{printed}"
+    );
+    for ((_, path, problem, _), file) in cases.iter().zip(&files).skip(1) {
+        assert_rejected(&printed, file, path, problem);
+    }
 }
 
 /// A real Prometheus v3, built from its Go module by `.ci/run`.
