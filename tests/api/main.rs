@@ -11,6 +11,7 @@ mod endpoints;
 mod leaks;
 mod lifecycle;
 mod load;
+mod methods;
 mod pprof;
 mod soak;
 mod stack;
