@@ -13,6 +13,7 @@ mod lifecycle;
 mod load;
 mod methods;
 mod pprof;
+mod schemathesis;
 mod soak;
 mod stack;
 mod swagger;
