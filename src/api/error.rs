@@ -1,7 +1,7 @@
 //! The one JSON error body every 4xx and 5xx of this service carries, and the catch-all that turns
 //! routing errors (unknown route, wrong method) into it.
 
-use poem::http::StatusCode;
+use poem::http::{Method, StatusCode};
 use poem::{IntoResponse, Response};
 use poem_openapi::Object;
 
@@ -34,6 +34,17 @@ pub const VALID_KINDS: &str = "kind is one of: slice, channel, mutex";
 /// names path parameters by position in its own message, which would only confuse a reader.)
 pub fn bad_kind() -> ErrorBody {
     ErrorBody::bad_request("unknown leak kind in the path", VALID_KINDS)
+}
+
+/// The 405 for `method` on a route that serves only `allow` (the `Allow` header's value).
+pub fn method_not_allowed(method: &Method, allow: &str) -> Response {
+    let status = StatusCode::METHOD_NOT_ALLOWED;
+    let body = ErrorBody {
+        status: status.as_u16(),
+        error: format!("{method} is not served at this route"),
+        valid: format!("this route serves {allow} (see /openapi.json)"),
+    };
+    poem::web::Json(body).with_status(status).into_response()
 }
 
 /// Turns any error that reached the top of the router into a JSON body with its status.

@@ -6,15 +6,17 @@
 
 pub mod error;
 pub mod leaks;
+pub mod methods;
 pub mod pprof;
 pub mod status;
 
 use std::sync::{Arc, OnceLock};
 
 use poem::endpoint::make_sync;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Response, Route};
+use poem::{Endpoint, EndpointExt, Response};
 use poem_openapi::OpenApiService;
 
+use self::methods::RouteTable;
 use crate::app::AppState;
 
 /// The OpenAPI service over every operation.
@@ -34,7 +36,8 @@ pub fn openapi(state: &Arc<AppState>) -> OpenApiService<(leaks::LeakApi, status:
     )
 }
 
-/// Every route of the service, with JSON errors for unknown routes and bad methods.
+/// Every route of the service, with JSON errors for unknown routes and bad methods, and each
+/// route's methods in `Allow` on a 405 and on OPTIONS.
 pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
     let api = openapi(&state);
     let json = Document::new(&state, "application/json", |api| api.spec());
@@ -42,14 +45,15 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
     let swagger = Document::new(&state, "text/html; charset=utf-8", |api| {
         api.swagger_ui_html()
     });
-    Route::new()
-        .at("/openapi.json", json.endpoint())
-        .at("/openapi.yaml", yaml.endpoint())
-        .at("/swagger", swagger.endpoint())
-        .at("/swagger/", swagger.endpoint())
-        .at("/swagger/index.html", swagger.endpoint())
+    RouteTable::new()
+        .get("/openapi.json", json.endpoint())
+        .get("/openapi.yaml", yaml.endpoint())
+        .get("/swagger", swagger.endpoint())
+        .get("/swagger/", swagger.endpoint())
+        .get("/swagger/index.html", swagger.endpoint())
         .nest("/debug/pprof", pprof::routes())
-        .nest("/", api.into_endpoint())
+        .openapi(api)
+        .into_endpoint()
         .data(state)
         .catch_all_error(error::into_json)
 }

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::web::{Data, Html, Json, Query};
-use poem::{IntoResponse, Response, Route, get, handler};
+use poem::{IntoResponse, Response, handler};
 
 use super::error::ErrorBody;
+use super::methods::RouteTable;
 use crate::app::AppState;
 use crate::profiling::{ProfilingError, pprof, tasks};
 
@@ -28,13 +29,13 @@ const DEFAULT_SECONDS: u64 = 30;
 const MAX_SECONDS: u64 = 60;
 
 /// The `/debug/pprof` routes, to nest under that prefix.
-pub fn routes() -> Route {
-    Route::new()
-        .at("/", get(serve_index))
-        .at("/heap", get(serve_heap))
-        .at("/profile", get(serve_cpu))
-        .at("/goroutine", get(serve_tasks))
-        .at("/tasks", get(serve_tasks))
+pub fn routes() -> RouteTable {
+    RouteTable::new()
+        .get("/", serve_index)
+        .get("/heap", serve_heap)
+        .get("/profile", serve_cpu)
+        .get("/goroutine", serve_tasks)
+        .get("/tasks", serve_tasks)
 }
 
 /// The query parameters any profile accepts, as text, so that bad values get our own message.
