@@ -267,8 +267,24 @@ async fn plain_go_tool_pprof_shows_the_names_symbolize_none_shows() {
     ] {
         let response = app.get(path).await;
         assert_eq!(response.status(), 200);
+        let bytes = response.bytes().await.unwrap();
+        // Every Rust frame, inlined dependency code included, carries its full path: the
+        // dependencies' debug info has linkage names, not only line tables (`poll`, `run`).
+        let profile = leakfinder::profiling::pprof::decode(&bytes, 64 << 20).unwrap();
+        let text = |index: i64| profile.string_table[index as usize].as_str();
+        let bare: Vec<&str> = profile
+            .function
+            .iter()
+            .filter(|function| text(function.filename).ends_with(".rs"))
+            .map(|function| text(function.name))
+            .filter(|name| !name.contains("::"))
+            .collect();
+        assert!(
+            bare.is_empty(),
+            "{name}: Rust frames without a path: {bare:?}"
+        );
         let saved = directory.path().join(format!("{name}.pb.gz"));
-        std::fs::write(&saved, response.bytes().await.unwrap()).unwrap();
+        std::fs::write(&saved, &bytes).unwrap();
         let saved = saved.display().to_string();
         let names = |rows: Vec<TopRow>| -> BTreeSet<String> {
             rows.into_iter().map(|row| row.name).collect()

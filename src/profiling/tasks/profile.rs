@@ -196,13 +196,22 @@ fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> Vec<StackEntry> {
             })
         })
         .collect();
-    if let Some(leaf) = entries.iter().position(|entry| {
+    // The outermost `trace_leaf` frame: it may be inlined into the future that called it (with
+    // full debug info, `Acquire::poll` and `trace_leaf` share an address), so the entry stays
+    // and shows only the frames above it.
+    if let Some((leaf, frame)) = entries.iter().enumerate().rev().find_map(|(index, entry)| {
         entry
             .frames
             .iter()
-            .any(|frame| frame.function.starts_with(TRACE_LEAF))
+            .rposition(|frame| frame.function.starts_with(TRACE_LEAF))
+            .map(|frame| (index, frame))
     }) {
-        entries.drain(..=leaf);
+        entries.drain(..leaf);
+        if frame + 1 < entries[0].frames.len() {
+            entries[0].skip = frame + 1;
+        } else {
+            entries.remove(0);
+        }
     }
     if let Some(root) = entries.iter().position(|entry| {
         entry
@@ -534,6 +543,58 @@ mod tests {
             &*untraced.stack[0].frames[0].function,
             "created by app::spawner"
         );
+    }
+
+    /// With full debug info `trace_leaf` is inlined into the future that awaits (and a closure
+    /// of it is the frame below): the shared entry shows only what is above `trace_leaf`.
+    #[test]
+    fn a_trace_leaf_inlined_into_the_awaiting_future_is_cut_inside_its_entry() {
+        let table = frames(&[
+            (
+                0x10,
+                &[(
+                    "tokio::runtime::task::trace::trace_leaf::{{closure}}",
+                    "tokio-1.54.1/src/runtime/task/trace/mod.rs",
+                    290,
+                )],
+            ),
+            (
+                0x20,
+                &[
+                    (
+                        "tokio::runtime::task::trace::Context::try_with_current",
+                        "tokio-1.54.1/src/runtime/task/trace/mod.rs",
+                        150,
+                    ),
+                    (
+                        "tokio::runtime::task::trace::trace_leaf",
+                        "tokio-1.54.1/src/runtime/task/trace/mod.rs",
+                        300,
+                    ),
+                    (
+                        "<tokio::sync::batch_semaphore::Acquire as core::future::future::Future>::poll",
+                        "tokio-1.54.1/src/sync/batch_semaphore.rs",
+                        642,
+                    ),
+                ],
+            ),
+            (0x30, &[("app::job::{{closure}}", "src/app.rs", 7)]),
+        ]);
+        let stack = traced_stack(&[0x11, 0x21, 0x31], &table);
+        let shown: Vec<&str> = stack
+            .iter()
+            .flat_map(|entry| entry.shown())
+            .map(|frame| &*frame.function)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "<tokio::sync::batch_semaphore::Acquire as core::future::future::Future>::poll",
+                "app::job::{{closure}}"
+            ]
+        );
+        // The address stays the awaiting future's: pprof's `list` still finds its line.
+        assert_eq!(stack[0].address, 0x20);
     }
 
     #[test]
