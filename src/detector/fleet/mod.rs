@@ -78,8 +78,9 @@ pub struct FleetArgs {
     /// The tenant (`X-Scope-OrgID`).
     #[arg(long, env = "LEAKFINDER_FLEET_TENANT")]
     pub tenant: Option<String>,
-    /// Watch: scan every this long, for ever, and export the findings as OTLP metrics
-    /// (`leakfinder_fleet_suspects`, `leakfinder_fleet_growth_rate`) to the OTLP endpoint.
+    /// Watch: scan the last --since every this long, until SIGTERM, and export the findings as
+    /// OTLP metrics (`leakfinder_fleet_suspects`, `leakfinder_fleet_heap_growth_bytes_per_second`,
+    /// `leakfinder_fleet_goroutine_growth_per_second`) to OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, env = "LEAKFINDER_FLEET_EVERY", value_parser = parse_duration)]
     pub every: Option<Duration>,
 }
