@@ -229,4 +229,112 @@ mod tests {
             "the goroutine profile of the window at 2026-12-01T14:42:08Z: the profile has no goroutine samples (it has: inuse_space)"
         );
     }
+
+    /// A real merged heap profile: checkout's last window, as Pyroscope sent it.
+    fn recorded() -> Vec<u8> {
+        use std::io::Read;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/pyroscope/merge_profile/checkout/memory_inuse_space_bytes_space_bytes/1796136458000.pb.gz"
+        );
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::read(path).unwrap().as_slice())
+            .read_to_end(&mut plain)
+            .unwrap();
+        plain
+    }
+
+    /// Reads an answer as the fleet does: decode, then fold into a service's series.
+    fn read_answer(series: &mut Series, window: Window, bytes: &[u8]) -> Result<(), String> {
+        let profile = super::super::client::parse_profile(bytes).map_err(|e| e.to_string())?;
+        series
+            .fold(window, ProfileKind::Heap, &profile)
+            .map_err(|e| e.to_string())?;
+        series
+            .fold(window, ProfileKind::Tasks, &profile)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn assert_clear(error: &str) {
+        assert!(
+            error.starts_with("Pyroscope's answer to SelectMergeProfile is malformed: ")
+                || error.starts_with("the goroutine profile of the window at ")
+                || error.starts_with("the heap profile of the window at "),
+            "{error}"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Random bytes: a clear error (or, rarely, an empty profile), never a panic.
+        #[test]
+        fn random_answers_give_a_clear_error_never_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let range = range();
+            let mut series = Series::new(range.clone());
+            if let Err(error) = read_answer(&mut series, range.windows()[0], &bytes) {
+                assert_clear(&error);
+            }
+            let _ = series.findings();
+        }
+
+        /// A real answer cut short or with bytes flipped: a clear error or a profile read as far
+        /// as it makes sense, never a panic.
+        #[test]
+        fn truncated_or_corrupted_answers_never_panic(cut in 0usize..100_000, flips in proptest::collection::vec((0usize..100_000, proptest::prelude::any::<u8>()), 0..8)) {
+            let mut bytes = recorded();
+            for (at, value) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= value;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let range = range();
+            let mut series = Series::new(range.clone());
+            for window in range.windows().into_iter().take(9) {
+                if let Err(error) = read_answer(&mut series, window, &bytes) {
+                    assert_clear(&error);
+                }
+            }
+            let _ = series.findings();
+        }
+
+        /// Huge counts (values near i64::MAX, negative, huge ids, a length prefix past the end):
+        /// a finite verdict or a clear error.
+        #[test]
+        fn huge_counts_are_read_without_overflow(value in proptest::prelude::any::<i64>(), id in proptest::prelude::any::<u64>(), claimed in 1u64..u64::MAX) {
+            let mut profile = heap(&[("app::big", value)]);
+            profile.sample[0].location_id.push(id);
+            profile.sample.push(crate::profiling::pprof::Sample { location_id: vec![1; 64], value: vec![i64::MAX], label: vec![] });
+            let range = range();
+            let mut series = Series::new(range.clone());
+            for window in range.windows() {
+                series.fold(window, ProfileKind::Heap, &profile).unwrap();
+            }
+            for finding in series.findings() {
+                assert!(finding.rate_per_second.is_finite());
+            }
+            // A length prefix that claims more bytes than there are.
+            let mut claim = vec![0x12u8];
+            let mut n = claimed;
+            while n >= 0x80 {
+                claim.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            claim.push(n as u8);
+            claim.extend_from_slice(b"short");
+            let error = super::super::client::parse_profile(&claim).unwrap_err();
+            assert_clear(&error.to_string());
+        }
+    }
+
+    #[test]
+    fn an_answer_past_the_size_limit_is_refused_before_it_is_decoded() {
+        let oversized = vec![0u8; super::super::client::MAX_PROFILE_BYTES + 1];
+        let error = super::super::client::parse_profile(&oversized).unwrap_err();
+        assert!(
+            error.to_string().contains("decompresses to more than"),
+            "{error}"
+        );
+    }
 }
