@@ -287,3 +287,89 @@ fn fleet_services_regex_and_shards_split_the_fleet() {
     );
     assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_watch_exports_its_suspects_and_growth_rates_over_otlp() {
+    use crate::telemetry::{OTLP_PATH, Receiver, decode_export};
+    let sink = Receiver::start().await;
+    let replay = Replay::start(Options::default());
+    let mut child = std::process::Command::new(BINARY)
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .env("OTEL_SERVICE_NAME", "fleet-test")
+        .args([
+            "fleet",
+            "--pyroscope",
+            &replay.url,
+            "--every",
+            "1h",
+            "--json",
+        ])
+        .args(["--from", &S.to_string(), "--to", &E.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let suspects = |body: &[u8]| {
+        let (export, resource) = decode_export(body);
+        assert_eq!(resource["service.name"], "fleet-test");
+        export
+            .get("leakfinder.fleet.suspects")
+            .map(|(_, points)| points.clone())
+            .unwrap_or_default()
+    };
+    let taken = sink
+        .wait_for(OTLP_PATH, std::time::Duration::from_secs(20), |taken| {
+            taken.iter().any(|r| suspects(&r.body).len() == 3)
+        })
+        .await;
+    let last = taken
+        .iter()
+        .rev()
+        .find(|r| suspects(&r.body).len() == 3)
+        .unwrap();
+    let mut found: Vec<(String, String, f64)> = suspects(&last.body)
+        .into_iter()
+        .map(|(attributes, value)| {
+            (
+                attributes["service"].clone(),
+                attributes["function"].clone(),
+                value,
+            )
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert_eq!(
+        found,
+        vec![
+            (
+                "checkout".into(),
+                "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}".into(),
+                1.0
+            ),
+            ("orders-go".into(), "main.cacheWithoutEviction".into(), 1.0),
+            ("orders-go".into(), "main.leakyFanout".into(), 1.0),
+        ]
+    );
+    let (export, _) = decode_export(&last.body);
+    let (unit, growth) = &export["leakfinder.fleet.goroutine_growth"];
+    assert_eq!(unit, "{goroutine}/s");
+    assert_eq!(growth.len(), 1);
+    assert!((1.8..2.2).contains(&growth[0].1), "{growth:?}");
+    let (unit, heap) = &export["leakfinder.fleet.heap_growth"];
+    assert_eq!(unit, "By/s");
+    assert_eq!(heap.len(), 2);
+    assert_eq!(export["leakfinder.fleet.failed_services"].1[0].1, 0.0);
+    // SIGTERM stops it cleanly.
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+}
