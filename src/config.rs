@@ -129,6 +129,9 @@ pub enum Command {
     /// Watches a service's heap and task profiles and reports what leaks (exit 0: nothing,
     /// 1: leaks found, 2: error). Works on this service and on any Go `net/http/pprof` service.
     Scan(crate::detector::scan::ScanArgs),
+    /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
+    /// nothing, 1: leaks found, 2: error). With --every, runs for ever and exports OTLP metrics.
+    Fleet(crate::detector::fleet::FleetArgs),
     /// Writes the symbol table of an executable beside it (`<executable>.symbols`), so the
     /// service symbolises profiles without reading debug info. Run it after each build.
     Symbols(SymbolsArgs),

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Scan(args)) => return leakfinder::detector::scan::run(args),
+        Some(Command::Fleet(args)) => return leakfinder::detector::fleet::run(args, &config),
         Some(Command::Symbols(args)) => return leakfinder::profiling::symbols::table::run(args),
         None => {}
     }

@@ -7,11 +7,13 @@
 //! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
 //!   steps that never comes down (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
-//! - [`scan`] is the `leakfinder scan` command.
+//! - [`scan`] is the `leakfinder scan` command;
+//! - [`fleet`] is `leakfinder fleet`: the same analysis over every service in Pyroscope.
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
 pub mod analysis;
+pub mod fleet;
 pub mod frames;
 pub mod profile;
 pub mod sampler;

@@ -43,32 +43,12 @@ impl MetricsExport {
             tracing::info!("metric export is off: no OTEL_EXPORTER_OTLP_ENDPOINT");
             return Ok(None);
         };
-        let protocol = match config.otlp_protocol {
-            OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
-            OtlpProtocol::HttpJson => Protocol::HttpJson,
-        };
-        let mut exporter = MetricExporter::builder()
-            .with_http()
-            .with_endpoint(url.clone())
-            .with_protocol(protocol)
-            .with_temporality(Temporality::Cumulative);
-        if std::env::var_os("OTEL_EXPORTER_OTLP_TIMEOUT").is_none() {
-            exporter = exporter.with_timeout(EXPORT_TIMEOUT);
-        }
-        let exporter = exporter
-            .build()
-            .context("cannot build the OTLP metric exporter")?;
-        let reader = PeriodicReader::builder(exporter)
-            .with_interval(config.metric_export_interval())
-            .build();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(reader)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(config.service_name.clone())
-                    .build(),
-            )
-            .build();
+        let provider = meter_provider(
+            &url,
+            config.otlp_protocol,
+            config.metric_export_interval(),
+            &config.service_name,
+        )?;
         let meter = provider.meter("leakfinder");
         register_gauges(&meter, state);
         let http = HttpMetrics::new(&meter);
@@ -87,6 +67,42 @@ impl MetricsExport {
             tracing::warn!(target: "leakfinder::telemetry", %error, "metric export did not shut down cleanly");
         }
     }
+}
+
+/// A meter provider exporting every `interval` to `url` over OTLP/HTTP, cumulative, with
+/// `service.name` set: the service's own metrics and `leakfinder fleet --every` both use it.
+pub fn meter_provider(
+    url: &str,
+    protocol: OtlpProtocol,
+    interval: Duration,
+    service_name: &str,
+) -> anyhow::Result<SdkMeterProvider> {
+    let protocol = match protocol {
+        OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
+        OtlpProtocol::HttpJson => Protocol::HttpJson,
+    };
+    let mut exporter = MetricExporter::builder()
+        .with_http()
+        .with_endpoint(url.to_owned())
+        .with_protocol(protocol)
+        .with_temporality(Temporality::Cumulative);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_TIMEOUT").is_none() {
+        exporter = exporter.with_timeout(EXPORT_TIMEOUT);
+    }
+    let exporter = exporter
+        .build()
+        .context("cannot build the OTLP metric exporter")?;
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(interval)
+        .build();
+    Ok(SdkMeterProvider::builder()
+        .with_reader(reader)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
+        .build())
 }
 
 /// The memory gauges share `/leak-test`'s cached reading: one export reads jemalloc and RSS once.

@@ -172,9 +172,9 @@ fn text(value: &Option<AnyValue>) -> String {
 }
 
 /// A decoded export: metric name to (unit, data points as (attributes, value)).
-type Export = BTreeMap<String, (String, Vec<(BTreeMap<String, String>, f64)>)>;
+pub type Export = BTreeMap<String, (String, Vec<(BTreeMap<String, String>, f64)>)>;
 
-fn decode_export(body: &[u8]) -> (Export, BTreeMap<String, String>) {
+pub fn decode_export(body: &[u8]) -> (Export, BTreeMap<String, String>) {
     let request =
         ExportMetricsServiceRequest::decode(body).expect("an OTLP ExportMetricsServiceRequest");
     let mut export = Export::new();

@@ -1,0 +1,375 @@
+//! `leakfinder fleet`, end to end: the real binary against a replay of a real Pyroscope 2.2 that
+//! answers only what was recorded (`tests/fixtures/pyroscope`, ground truth in its
+//! `ground_truth.json`).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::BINARY;
+use crate::replay::{E, Options, Replay, S};
+
+/// What a fleet run printed and how it exited.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("fleet printed JSON ({error}): {}", self.stderr))
+    }
+}
+
+/// Runs `leakfinder fleet --pyroscope URL ARGS...` over the recorded span.
+pub fn fleet(url: &str, args: &[&str]) -> Run {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .args(["fleet", "--pyroscope", url])
+        .args(["--from", &S.to_string(), "--to", &E.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn service<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == name)
+        .unwrap_or_else(|| panic!("{name} in {report}"))
+}
+
+/// (kind, function, file, line) of a service's findings.
+fn findings(report: &Value, name: &str) -> Vec<(String, String, String, i64)> {
+    service(report, name)["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["function"].as_str().unwrap().to_owned(),
+                f["file"].as_str().unwrap().to_owned(),
+                f["line"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_finds_the_recorded_leaks_with_their_functions_and_nothing_else() {
+    let replay = Replay::start(Options::default());
+    let run = fleet(&replay.url, &["--json"]);
+    assert_eq!(replay.unrecorded(), Vec::<String>::new(), "{}", run.stderr);
+    assert_eq!(run.code, 1, "leaks found: {}", run.stderr);
+    let report = run.json();
+
+    let checkout = findings(&report, "checkout");
+    assert_eq!(
+        checkout,
+        vec![(
+            "heap".into(),
+            "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}".into(),
+            "src/leaks/slice.rs".into(),
+            21
+        )],
+        "{report:#}"
+    );
+    let slice = &service(&report, "checkout")["findings"][0];
+    let rate = slice["rate_per_second"].as_f64().unwrap();
+    assert!(
+        (0.8 * 1048576.0..1.2 * 1048576.0).contains(&rate),
+        "about 1 MiB/s: {rate}"
+    );
+    // The leak started at 14:42:46.261, inside window 3 (14:42:38): seen there or in the next.
+    let since = slice["since"].as_str().unwrap();
+    assert!(
+        ["2026-12-01T14:42:38Z", "2026-12-01T14:42:53Z"].contains(&since),
+        "{since}"
+    );
+    assert!(
+        slice["query"].as_str().unwrap().starts_with(&format!(
+            "profilecli query profile --url {} --profile-type memory:inuse_space:bytes:space:bytes --query '{{service_name=\"checkout\"}}' --from {since}",
+            replay.url
+        )),
+        "{slice}"
+    );
+
+    let orders = findings(&report, "orders-go");
+    let functions: Vec<(&str, &str)> = orders
+        .iter()
+        .map(|(kind, function, _, _)| (kind.as_str(), function.as_str()))
+        .collect();
+    assert!(
+        functions.contains(&("goroutines", "main.leakyFanout")),
+        "{orders:?}"
+    );
+    assert!(
+        functions.contains(&("heap", "main.cacheWithoutEviction")),
+        "{orders:?}"
+    );
+    assert!(
+        orders
+            .iter()
+            .all(|(_, function, _, _)| function != "main.poolChurn"
+                && function != "main.priceOrders"),
+        "churn is not a leak: {orders:?}"
+    );
+    let fanout = service(&report, "orders-go")["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["function"] == "main.leakyFanout")
+        .unwrap();
+    let rate = fanout["rate_per_second"].as_f64().unwrap();
+    assert!((1.8..2.2).contains(&rate), "+2 goroutines/s: {rate}");
+    assert!(fanout["file"].as_str().unwrap().ends_with("main.go"));
+    assert_eq!(fanout["line"], 37);
+
+    assert_eq!(findings(&report, "catalog"), vec![], "{report:#}");
+    assert_eq!(service(&report, "catalog")["error"], Value::Null);
+    assert_eq!(service(&report, "catalog")["heap_windows"], 24);
+    assert_eq!(service(&report, "orders-go")["goroutine_windows"], 24);
+    // Service list, three type lists, 24 heap windows each, 24 goroutine windows of orders-go.
+    assert_eq!(report["queries"], 1 + 3 + 3 * 24 + 24);
+    assert_eq!(replay.served(), 100);
+    assert!(replay.bytes() > 100_000, "{} bytes", replay.bytes());
+}
+
+#[test]
+fn fleet_text_report_groups_by_service_fastest_first_with_a_query_to_paste() {
+    let replay = Replay::start(Options::default());
+    let run = fleet(&replay.url, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+    let text = &run.stdout;
+    let checkout = text.find("checkout: 1 leak(s)").expect(text);
+    let orders = text.find("orders-go: 2 leak(s)").expect(text);
+    let catalog = text
+        .find("catalog: no leak (24 heap, 0 goroutine windows)")
+        .expect(text);
+    assert!(checkout < orders && orders < catalog, "{text}");
+    assert!(
+        text.contains("in leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}\n     at src/leaks/slice.rs:21, since 2026-12-01T14:4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("query: profilecli query profile --url http://127.0.0.1:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn fleet_sends_the_token_and_tenant_and_is_refused_clearly_without_them() {
+    let options = Options {
+        require: vec![
+            ("authorization".into(), "Bearer s3cret".into()),
+            ("x-scope-orgid".into(), "team-a".into()),
+        ],
+        ..Options::default()
+    };
+    let replay = Replay::start(options);
+    let run = fleet(
+        &replay.url,
+        &[
+            "--json",
+            "--token",
+            "s3cret",
+            "--tenant",
+            "team-a",
+            "--services",
+            "^checkout$",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+    let report = run.json();
+    assert_eq!(report["services"].as_array().unwrap().len(), 1);
+    let query = report["services"][0]["findings"][0]["query"]
+        .as_str()
+        .unwrap();
+    assert!(query.ends_with(" --tenant-id team-a"), "{query}");
+
+    let refused = fleet(&replay.url, &["--tenant", "team-a"]);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("cannot list the services: Pyroscope refused LabelValues with 401 (unauthenticated: authorization missing or wrong): check --token/--basic-auth and --tenant"),
+        "{}",
+        refused.stderr
+    );
+    let basic = fleet(
+        &replay.url,
+        &["--basic-auth", "me:pw", "--tenant", "team-a"],
+    );
+    assert_eq!(basic.code, 2, "Basic is not the Bearer required");
+}
+
+#[test]
+fn fleet_says_pyroscope_is_down_and_exits_2() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = fleet(&format!("http://127.0.0.1:{port}"), &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "leakfinder fleet: cannot list the services: cannot reach Pyroscope at http://127.0.0.1:{port}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn fleet_a_malformed_answer_fails_its_service_and_the_others_are_still_scanned() {
+    let replay = Replay::start(Options {
+        truncate_profiles_of: Some("orders-go".into()),
+        ..Options::default()
+    });
+    let run = fleet(&replay.url, &["--json", "--concurrency", "1"]);
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+    assert_eq!(run.code, 1, "checkout still leaks: {}", run.stderr);
+    let report = run.json();
+    let orders = service(&report, "orders-go");
+    let error = orders["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "Pyroscope's answer to SelectMergeProfile is malformed: not a pprof protobuf"
+        ),
+        "{error}"
+    );
+    assert_eq!(findings(&report, "checkout").len(), 1);
+    assert_eq!(service(&report, "catalog")["error"], Value::Null);
+    // Failed services come last.
+    assert_eq!(report["services"][2]["service"], "orders-go");
+}
+
+#[test]
+fn fleet_services_regex_and_shards_split_the_fleet() {
+    let replay = Replay::start(Options::default());
+    let mut seen = Vec::new();
+    for shard in ["1/2", "2/2"] {
+        let run = fleet(&replay.url, &["--json", "--shard", shard]);
+        assert!([0, 1].contains(&run.code), "{}", run.stderr);
+        let report = run.json();
+        assert_eq!(report["listed"], 3);
+        for s in report["services"].as_array().unwrap() {
+            seen.push(s["service"].as_str().unwrap().to_owned());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["catalog", "checkout", "orders-go"]);
+    let none = fleet(&replay.url, &["--services", "^nothing$"]);
+    assert_eq!(none.code, 2);
+    assert!(
+        none.stderr
+            .contains("none of the 3 services matches --services and --shard"),
+        "{}",
+        none.stderr
+    );
+    let healthy = fleet(&replay.url, &["--services", "^catalog$"]);
+    assert_eq!(
+        healthy.code, 0,
+        "nothing leaks in catalog: {}",
+        healthy.stdout
+    );
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_watch_exports_its_suspects_and_growth_rates_over_otlp() {
+    use crate::telemetry::{OTLP_PATH, Receiver, decode_export};
+    let sink = Receiver::start().await;
+    let replay = Replay::start(Options::default());
+    let mut child = std::process::Command::new(BINARY)
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url())
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .env("OTEL_SERVICE_NAME", "fleet-test")
+        .args([
+            "fleet",
+            "--pyroscope",
+            &replay.url,
+            "--every",
+            "1h",
+            "--json",
+        ])
+        .args(["--from", &S.to_string(), "--to", &E.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let suspects = |body: &[u8]| {
+        let (export, resource) = decode_export(body);
+        assert_eq!(resource["service.name"], "fleet-test");
+        export
+            .get("leakfinder.fleet.suspects")
+            .map(|(_, points)| points.clone())
+            .unwrap_or_default()
+    };
+    let taken = sink
+        .wait_for(OTLP_PATH, std::time::Duration::from_secs(20), |taken| {
+            taken.iter().any(|r| suspects(&r.body).len() == 3)
+        })
+        .await;
+    let last = taken
+        .iter()
+        .rev()
+        .find(|r| suspects(&r.body).len() == 3)
+        .unwrap();
+    let mut found: Vec<(String, String, f64)> = suspects(&last.body)
+        .into_iter()
+        .map(|(attributes, value)| {
+            (
+                attributes["service"].clone(),
+                attributes["function"].clone(),
+                value,
+            )
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert_eq!(
+        found,
+        vec![
+            (
+                "checkout".into(),
+                "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}".into(),
+                1.0
+            ),
+            ("orders-go".into(), "main.cacheWithoutEviction".into(), 1.0),
+            ("orders-go".into(), "main.leakyFanout".into(), 1.0),
+        ]
+    );
+    let (export, _) = decode_export(&last.body);
+    let (unit, growth) = &export["leakfinder.fleet.goroutine_growth"];
+    assert_eq!(unit, "{goroutine}/s");
+    assert_eq!(growth.len(), 1);
+    assert!((1.8..2.2).contains(&growth[0].1), "{growth:?}");
+    let (unit, heap) = &export["leakfinder.fleet.heap_growth"];
+    assert_eq!(unit, "By/s");
+    assert_eq!(heap.len(), 2);
+    assert_eq!(export["leakfinder.fleet.failed_services"].1[0].1, 0.0);
+    // SIGTERM stops it cleanly.
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+}
