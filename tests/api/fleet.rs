@@ -373,3 +373,63 @@ async fn fleet_watch_exports_its_suspects_and_growth_rates_over_otlp() {
     assert_eq!(status.code(), Some(0));
     assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
 }
+
+/// The README's fixed-range command, as typed (with the built binary for `cargo run --release
+/// --`), against the recording served where the README points: Pyroscope's own port.
+#[test]
+fn the_readmes_fixed_range_command_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let command = readme
+        .replace("\\\n", " ")
+        .lines()
+        .find(|line| line.starts_with("cargo run --release -- fleet") && line.contains("--from"))
+        .expect("the README shows a fixed-range fleet command")
+        .to_owned();
+    assert!(
+        command.contains("--pyroscope http://127.0.0.1:4040"),
+        "{command}"
+    );
+    let replay = Replay::start(Options {
+        addr: Some("127.0.0.1:4040".to_owned()),
+        ..Options::default()
+    });
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(command.replacen("cargo run --release --", BINARY, 1))
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+        panic!(
+            "{command}: JSON ({error}): {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(replay.unrecorded(), Vec::<String>::new(), "{command}");
+    let scanned: Vec<&str> = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|service| service["service"].as_str().unwrap())
+        .collect();
+    assert!(!scanned.is_empty(), "{report}");
+    assert!(
+        scanned
+            .iter()
+            .all(|name| name.starts_with("checkout") || name.starts_with("orders")),
+        "{scanned:?}"
+    );
+    let leaking = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|service| !service["findings"].as_array().unwrap().is_empty());
+    assert_eq!(
+        output.status.code(),
+        Some(if leaking { 1 } else { 0 }),
+        "{report}"
+    );
+}

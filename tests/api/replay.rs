@@ -38,6 +38,8 @@ pub struct Options {
     pub truncate_profiles_of: Option<String>,
     /// Alias → recorded service; when set, the service list answers the aliases.
     pub aliases: Vec<(String, String)>,
+    /// Where to listen; 127.0.0.1 on a free port when unset.
+    pub addr: Option<String>,
 }
 
 struct Answer {
@@ -79,7 +81,9 @@ impl Replay {
             served: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bind = state.options.addr.as_deref().unwrap_or("127.0.0.1:0");
+        let listener = std::net::TcpListener::bind(bind)
+            .unwrap_or_else(|error| panic!("the replay listens on {bind}: {error}"));
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
