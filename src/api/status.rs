@@ -94,6 +94,10 @@ pub struct ProcessState {
     /// Whether the CPU sampler runs now: only while a CPU profile is taken or pushed, and for
     /// a couple of seconds after, so that profiles taken back to back share it.
     pub cpu_sampling: bool,
+    /// CPU microseconds CPU profiling has cost since start: the SIGPROF handler on every thread
+    /// it sampled, and the sampler thread. Against the process's CPU time over a profile, this
+    /// is the share a profile takes from the service.
+    pub cpu_sampling_cpu_us: u64,
 }
 
 /// How the leaks grow.
@@ -188,6 +192,8 @@ impl StatusApi {
                 symbol_index_bytes: self.state.profilers.symbols.index_bytes() as u64,
                 symbolising_cpu_ms: self.state.profilers.symbols.cpu_time().as_millis() as u64,
                 cpu_sampling: crate::profiling::sigprof::running(),
+                cpu_sampling_cpu_us: self.state.profilers.cpu_sampling_cpu_time().as_micros()
+                    as u64,
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

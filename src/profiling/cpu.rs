@@ -9,6 +9,7 @@
 //! symboliser.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,6 +60,8 @@ struct Demand {
 pub struct CpuSampler {
     demand: Arc<Demand>,
     windows: broadcast::Sender<Arc<CpuWindow>>,
+    /// CPU time the sampler thread has spent sampling (draining and counting), in nanoseconds.
+    thread_nanos: Arc<AtomicU64>,
 }
 
 /// Keeps the sampler running while alive.
@@ -85,12 +88,27 @@ impl CpuSampler {
             changed: Condvar::new(),
         });
         let (windows, _) = broadcast::channel(64);
+        let thread_nanos = Arc::new(AtomicU64::new(0));
         let thread_demand = Arc::clone(&demand);
         let thread_windows = windows.clone();
+        let spent = Arc::clone(&thread_nanos);
         std::thread::Builder::new()
             .name("cpu-sampler".into())
-            .spawn(move || sample_while_wanted(&thread_demand, &thread_windows, &shutdown))?;
-        Ok(Self { demand, windows })
+            .spawn(move || {
+                sample_while_wanted(&thread_demand, &thread_windows, &spent, &shutdown);
+            })?;
+        Ok(Self {
+            demand,
+            windows,
+            thread_nanos,
+        })
+    }
+
+    /// CPU time sampling has cost since start: the SIGPROF handler on every thread it
+    /// interrupted, and the sampler thread. What a CPU profile takes from the service.
+    pub fn cpu_time(&self) -> Duration {
+        super::sigprof::handler_cpu_time()
+            + Duration::from_nanos(self.thread_nanos.load(Ordering::Relaxed))
     }
 
     /// Keeps the sampler running until the guard is dropped.
@@ -149,6 +167,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 fn sample_while_wanted(
     demand: &Demand,
     windows: &broadcast::Sender<Arc<CpuWindow>>,
+    spent: &AtomicU64,
     shutdown: &CancellationToken,
 ) {
     // The session's ring and the unwinder are machinery, not a leak: keep them out of the heap
@@ -191,6 +210,7 @@ fn sample_while_wanted(
         };
         let started = SystemTime::now();
         let clock = Instant::now();
+        let cpu_before = crate::process::thread_cpu_time();
         let mut counts: HashMap<(Vec<u64>, String), i64> = HashMap::new();
         while clock.elapsed() < WINDOW && !shutdown.is_cancelled() {
             std::thread::sleep(DRAIN_EVERY.min(WINDOW.saturating_sub(clock.elapsed())));
@@ -199,6 +219,12 @@ fn sample_while_wanted(
                 *counts.entry((sample.addresses, sample.thread)).or_default() += 1;
             }
         }
+        spent.fetch_add(
+            crate::process::thread_cpu_time()
+                .saturating_sub(cpu_before)
+                .as_nanos() as u64,
+            Ordering::Relaxed,
+        );
         let window = CpuWindow {
             seq,
             started,

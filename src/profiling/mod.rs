@@ -75,6 +75,13 @@ impl Profilers {
         tokio::task::spawn_blocking(move || heap::dump(&symbols)).await?
     }
 
+    /// CPU time CPU sampling has cost since start (zero if the sampler never started).
+    pub fn cpu_sampling_cpu_time(&self) -> Duration {
+        self.cpu
+            .as_ref()
+            .map_or(Duration::ZERO, cpu::CpuSampler::cpu_time)
+    }
+
     /// A CPU profile of the next `duration`.
     pub async fn cpu(&self, duration: Duration) -> Result<pprof::Profile, ProfilingError> {
         let sampler = self

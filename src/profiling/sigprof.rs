@@ -107,8 +107,15 @@ static ACTIVE: AtomicPtr<Shared> = AtomicPtr::new(std::ptr::null_mut());
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 /// Whether a session exists (there is one at a time).
 static OWNED: AtomicBool = AtomicBool::new(false);
+/// CPU time spent sampling in the handler, every thread together, in nanoseconds.
+static HANDLER_NANOS: AtomicU64 = AtomicU64::new(0);
 /// The handler, installed once and left in place (it ignores signals while no session runs).
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// CPU time the handler has spent sampling since the process started, every thread together.
+pub fn handler_cpu_time() -> Duration {
+    Duration::from_nanos(HANDLER_NANOS.load(Ordering::Relaxed))
+}
 
 /// Whether a sampling session is running now (the timer is armed and SIGPROF is sampled).
 pub fn running() -> bool {
@@ -260,8 +267,12 @@ extern "C" fn on_sigprof(_signal: c_int, _info: *mut libc::siginfo_t, context: *
     IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     let shared = ACTIVE.load(Ordering::SeqCst);
     if !shared.is_null() {
+        // `clock_gettime` is async-signal-safe: what sampling costs is measured, not guessed.
+        let started = crate::process::thread_cpu_time();
         // SAFETY: a non-null `ACTIVE` stays valid while `IN_HANDLER` counts this handler.
         unsafe { &*shared }.sample(context);
+        let spent = crate::process::thread_cpu_time().saturating_sub(started);
+        HANDLER_NANOS.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
     }
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
     // SAFETY: as above.

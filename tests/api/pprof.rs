@@ -524,11 +524,13 @@ async fn overlapping_cpu_profiles_share_the_one_sampler() {
 async fn the_cpu_sampler_runs_only_while_a_profile_wants_it() {
     let app = spawn_app(&[]);
     let sampling = async || app.report().await["process"]["cpu_sampling"].clone();
+    let sampling_cpu = async || num(&app.report().await, "process/cpu_sampling_cpu_us");
     assert_eq!(
         sampling().await,
         false,
         "nobody asked for a CPU profile yet"
     );
+    assert_eq!(sampling_cpu().await, 0, "no profile, no sampling cost");
     let profile = app.get("/debug/pprof/profile?seconds=2");
     let during = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -547,6 +549,11 @@ async fn the_cpu_sampler_runs_only_while_a_profile_wants_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // What sampling cost is accounted, and stops growing once sampling stopped.
+    let spent = sampling_cpu().await;
+    assert!(spent > 0, "the sampler's CPU time is accounted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sampling_cpu().await, spent, "no cost once sampling stopped");
 }
 
 /// The profiler's own memory is a small, flat baseline: symbolisation keeps no DWARF cache, the

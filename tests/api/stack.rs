@@ -53,8 +53,16 @@ fn compose_v2_accepts_the_stack() {
     let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        BTreeSet::from(["grafana", "leakfinder", "prometheus", "pyroscope"])
+        BTreeSet::from(["fleet", "grafana", "leakfinder", "prometheus", "pyroscope"])
     );
+    // The fleet job runs the service's own image against the stack's Pyroscope.
+    let fleet = &services["fleet"];
+    assert_eq!(fleet["image"], services["leakfinder"]["image"]);
+    assert_eq!(
+        fleet["environment"]["LEAKFINDER_FLEET_PYROSCOPE"],
+        "http://pyroscope:4040"
+    );
+    assert_eq!(fleet["command"][0], "fleet");
     for (name, service) in services {
         if let Some(image) = service["image"].as_str() {
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
@@ -719,6 +727,26 @@ async fn every_promql_expression_returns_data_from_real_prometheus() {
     ]);
     app.get_json("/start-leak/slice", 200).await;
     app.get_json("/start-leak/channel", 200).await;
+    // The fleet row and its alert: the fleet job, over the recorded Pyroscope fleet, exporting
+    // to the same Prometheus.
+    let replay = crate::replay::Replay::start(crate::replay::Options::default());
+    let mut fleet = FleetJob(
+        Command::new(crate::helpers::BINARY)
+            .env_clear()
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}/api/v1/otlp", prometheus.url),
+            )
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+            .env("OTEL_SERVICE_NAME", "leakfinder-fleet")
+            .args(["fleet", "--pyroscope", &replay.url, "--every", "1h"])
+            .args(["--from", &crate::replay::S.to_string()])
+            .args(["--to", &crate::replay::E.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = reqwest::Client::new();
     let slice = "leakfinder_leak_retained_bytes{job=\"leakfinder\", leak=\"slice\"}";
     let value = |result: &[Value]| -> f64 {
@@ -758,8 +786,26 @@ async fn every_promql_expression_returns_data_from_real_prometheus() {
         .map(|expr| expr.replace("$service", "leakfinder"))
         .collect();
     assert!(expressions.len() >= 12, "{expressions:?}");
+    assert!(
+        expressions
+            .iter()
+            .any(|expr| expr.contains("leakfinder_fleet_suspects")),
+        "the fleet row and alert are checked: {expressions:?}"
+    );
     for expr in &expressions {
         let result = instant_query(&client, &prometheus.url, expr).await;
         assert!(!result.is_empty(), "no data for {expr}");
+    }
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+    let _ = fleet.0.kill();
+}
+
+/// The fleet job, killed when the test ends however it ends.
+struct FleetJob(Child);
+
+impl Drop for FleetJob {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
