@@ -360,6 +360,32 @@ fn write_copies(dir: &Path, copies: &[(&str, String)]) -> Vec<PathBuf> {
 }
 
 /// Asserts the check found `problem` at `path` in `file`, and did not pass it.
+/// Checks every case's copy (name, path of the break, the problem printed, contents) in one run
+/// of the schema check: the first, unchanged, passes in that same run, so each other failure is
+/// its one change, found at its path with its problem.
+fn each_broken_copy_is_rejected<P: AsRef<str>, Q: AsRef<str>>(
+    kind: &str,
+    cases: &[(&str, P, Q, String)],
+) {
+    let scratch = tempfile::tempdir().unwrap();
+    let files = write_copies(
+        scratch.path(),
+        &cases
+            .iter()
+            .map(|(name, _, _, contents)| (*name, contents.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, printed) = grafana_schema_check(kind, &files);
+    assert_eq!(status, Some(1), "{printed}");
+    assert!(
+        printed.contains(&format!("ok {}\n", files[0].display())),
+        "{printed}"
+    );
+    for ((_, path, problem, _), file) in cases.iter().zip(&files).skip(1) {
+        assert_rejected(&printed, file, path.as_ref(), problem.as_ref());
+    }
+}
+
 fn assert_rejected(printed: &str, file: &Path, path: &str, problem: &str) {
     let file = file.display();
     assert!(
@@ -466,26 +492,7 @@ fn a_dashboard_grafana_would_reject_fails_the_schema_check() {
             broken(&|d| d["schemaVersion"] = "39".into()),
         ),
     ];
-    let scratch = tempfile::tempdir().unwrap();
-    let files = write_copies(
-        scratch.path(),
-        &cases
-            .iter()
-            .map(|(name, _, _, json)| (*name, json.clone()))
-            .collect::<Vec<_>>(),
-    );
-
-    let (status, printed) = grafana_schema_check("dashboard", &files);
-
-    assert_eq!(status, Some(1), "{printed}");
-    // The untouched copy passes in the same run: each failure is its one change.
-    assert!(
-        printed.contains(&format!("ok {}\n", files[0].display())),
-        "{printed}"
-    );
-    for ((_, path, problem, _), file) in cases.iter().zip(&files).skip(1) {
-        assert_rejected(&printed, file, path, problem);
-    }
+    each_broken_copy_is_rejected("dashboard", &cases);
 }
 
 #[test]
@@ -561,25 +568,7 @@ fn alert_rules_grafana_would_reject_fail_the_check() {
             broken("expression: A", "expression: Z"),
         ),
     ];
-    let scratch = tempfile::tempdir().unwrap();
-    let files = write_copies(
-        scratch.path(),
-        &cases
-            .iter()
-            .map(|(name, _, _, yaml)| (*name, yaml.clone()))
-            .collect::<Vec<_>>(),
-    );
-
-    let (status, printed) = grafana_schema_check("alert-rules", &files);
-
-    assert_eq!(status, Some(1), "{printed}");
-    assert!(
-        printed.contains(&format!("ok {}\n", files[0].display())),
-        "{printed}"
-    );
-    for ((_, path, problem, _), file) in cases.iter().zip(&files).skip(1) {
-        assert_rejected(&printed, file, path, problem);
-    }
+    each_broken_copy_is_rejected("alert-rules", &cases);
 }
 
 /// A real Prometheus v3, built from its Go module by `.ci/run`.
