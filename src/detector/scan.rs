@@ -286,7 +286,8 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
     Ok(findings)
 }
 
-fn human(value: f64, unit: &str) -> String {
+/// A rate or amount for people: bytes in B, KiB, MiB or GiB; any other unit as it is.
+pub(crate) fn human(value: f64, unit: &str) -> String {
     if unit != "bytes" {
         return format!("{value:.1} {unit}");
     }

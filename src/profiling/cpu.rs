@@ -160,7 +160,7 @@ impl CpuSampler {
 /// How long the sampler keeps running after the last consumer left: long enough that a client
 /// taking profiles back to back shares one session instead of restarting it, short enough that
 /// nobody pays for sampling after the last profile (Go's profiler stops with its request).
-pub const LINGER: Duration = Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
 /// How often the sampler thread drains the handler's ring within a window.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use super::client::{GOROUTINE_TYPE, HEAP_TYPE};
 use super::plan::{self, Range};
 use crate::detector::Finding;
+use crate::detector::scan::human;
 
 /// A leak as the fleet report shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -138,20 +139,6 @@ fn shell_quote(text: &str) -> String {
     } else {
         format!("'{}'", text.replace('\'', r"'\''"))
     }
-}
-
-fn human(value: f64, unit: &str) -> String {
-    if unit != "bytes" {
-        return format!("{value:.1} {unit}");
-    }
-    let mut value = value;
-    for suffix in ["B", "KiB", "MiB"] {
-        if value.abs() < 1024.0 {
-            return format!("{value:.1} {suffix}");
-        }
-        value /= 1024.0;
-    }
-    format!("{value:.1} GiB")
 }
 
 /// The report as text, for people.
