@@ -29,7 +29,7 @@ fn main() {
         ..Options::default()
     });
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_leakfinder"))
+    let output = Command::new(env!("CARGO_BIN_EXE_leakfinder-lab"))
         .env_clear()
         .args([
             "fleet",

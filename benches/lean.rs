@@ -510,7 +510,7 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
 }
 
 /// The functions whose samples count as symbolising.
-const SYMBOLISING: &[&str] = &["leakfinder::profiling::symbols::", "addr2line::", "gimli::"];
+const SYMBOLISING: &[&str] = &["leakfinder_profiling::symbols::", "addr2line::", "gimli::"];
 
 fn symbolising_share(table: &mut Table, minutes: u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -550,7 +550,7 @@ fn symbolising_share(table: &mut Table, minutes: u64) {
                 .iter()
                 .any(|label| label.name == "__name__" && label.value.contains("cpu"));
             for sample in series.samples.iter().filter(|_| cpu) {
-                let profile = leakfinder::profiling::pprof::decode(&sample.raw_profile, 64 << 20)
+                let profile = leakfinder_pprof::decode(&sample.raw_profile, 64 << 20)
                     .expect("a pprof CPU profile");
                 let (s, a) = count_symbolising(&profile, &mut leaves);
                 symbolising += s;
@@ -588,7 +588,7 @@ fn symbolising_share(table: &mut Table, minutes: u64) {
 
 /// Samples (by count) in a CPU profile, and those with a symbolising frame.
 fn count_symbolising(
-    profile: &leakfinder::profiling::pprof::Profile,
+    profile: &leakfinder_pprof::Profile,
     leaves: &mut std::collections::HashMap<String, i64>,
 ) -> (i64, i64) {
     let name = |index: i64| profile.string_table[index as usize].as_str();

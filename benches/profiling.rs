@@ -16,7 +16,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use helpers::{TestApp, num, spawn_app};
-use leakfinder::profiling::pprof::{Profile, decode};
+use leakfinder_pprof::{Profile, decode};
 
 const GIB: u64 = 1 << 30;
 

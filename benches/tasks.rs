@@ -20,7 +20,7 @@ mod load;
 use std::time::{Duration, Instant};
 
 use helpers::{num, spawn_app, start_go};
-use leakfinder::profiling::pprof::decode;
+use leakfinder_pprof::decode;
 
 const PARKED: u64 = 10_000;
 const ROUNDS: usize = 200;

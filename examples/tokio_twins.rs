@@ -19,9 +19,9 @@ use std::future::pending;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leakfinder::profiling::pprof;
-use leakfinder::profiling::symbols::Symbolizer;
-use leakfinder::profiling::tasks::{self, root};
+use leakfinder_pprof as pprof;
+use leakfinder_profiling::symbols::Symbolizer;
+use leakfinder_profiling::tasks::{self, root};
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};

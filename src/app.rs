@@ -10,15 +10,17 @@ use poem::Server;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use tokio_util::sync::CancellationToken;
 
+use leakfinder_http::{Access, Pprof};
+use leakfinder_profiling::Profilers;
+
 use crate::api;
 use crate::config::{Config, LeakSettings};
-use crate::detector::watch::{self, LeakWatch};
 use crate::leaks::Leaks;
 use crate::leaks::benign::WarmupCache;
 use crate::process::MemoryGauge;
-use crate::profiling::Profilers;
 use crate::telemetry::TelemetryGuard;
 use crate::telemetry::metrics::instrument;
+use crate::watch::{self, LeakWatch};
 
 /// How long in-flight requests get to finish once shutdown begins.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,12 +33,14 @@ pub struct AppState {
     pub benign: WarmupCache,
     /// The process's profilers.
     pub profilers: Arc<Profilers>,
+    /// `/debug/pprof`, over the same profilers, for the peers the configuration admits.
+    pub pprof: Pprof,
     /// The continuous leak watch behind `/leak-report`.
     pub watch: Arc<LeakWatch>,
     /// The process's memory figures, cached for `/leak-test`.
     pub memory: MemoryGauge,
     /// What the profile push has sent and dropped, for the exported metrics.
-    pub profile_push: Arc<crate::telemetry::push::PushStats>,
+    pub profile_push: Arc<leakfinder_profiling::push::PushStats>,
     /// Cancelled at shutdown; background work started on request hangs off it.
     pub shutdown: CancellationToken,
 }
@@ -49,12 +53,18 @@ impl AppState {
     pub fn new(
         settings: LeakSettings,
         watch_interval: Duration,
+        pprof_access: Access,
         shutdown: &CancellationToken,
     ) -> Self {
+        // Profiles show this crate's files as `src/...`, so `go tool pprof -list` finds them in
+        // a checkout.
+        let profilers =
+            Arc::new(Profilers::start(shutdown).with_source_root(env!("CARGO_MANIFEST_DIR")));
         Self {
             leaks: Leaks::new(settings, shutdown.child_token()),
             benign: WarmupCache::default(),
-            profilers: Arc::new(Profilers::start(shutdown)),
+            pprof: Pprof::with_access(Arc::clone(&profilers), pprof_access),
+            profilers,
             watch: Arc::new(LeakWatch::new(watch_interval)),
             memory: MemoryGauge::new(MEMORY_MAX_AGE),
             profile_push: Arc::default(),
@@ -86,7 +96,12 @@ impl Application {
             .and_then(|addr| addr.as_socket_addr().copied())
             .context("the TCP listener reports no local address")?;
         let watch_interval = Duration::from_millis(config.leak_report_interval_ms);
-        let state = Arc::new(AppState::new(settings, watch_interval, &shutdown));
+        let state = Arc::new(AppState::new(
+            settings,
+            watch_interval,
+            config.pprof_access(),
+            &shutdown,
+        ));
         watch::spawn(
             Arc::clone(&state.watch),
             Arc::clone(&state.profilers),

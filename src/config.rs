@@ -58,6 +58,16 @@ pub struct Config {
     )]
     pub leak_max_bytes: u64,
 
+    /// A bearer token that lets any peer read `/debug/pprof` (`Authorization: Bearer <token>`).
+    /// Without it, or an allowed network, only loopback peers may.
+    #[arg(long, env = "LEAKFINDER_PPROF_TOKEN", hide_env_values = true)]
+    pub pprof_token: Option<String>,
+
+    /// Networks whose peers may read `/debug/pprof` without a token, comma-separated
+    /// (`172.16.0.0/12,fd00::/8`). Loopback peers always may.
+    #[arg(long, env = "LEAKFINDER_PPROF_ALLOW", value_delimiter = ',')]
+    pub pprof_allow: Vec<leakfinder_http::Network>,
+
     /// The service name on every metric and profile.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "leakfinder")]
     pub service_name: String,
@@ -128,10 +138,10 @@ pub enum Command {
     Healthcheck,
     /// Watches a service's heap and task profiles and reports what leaks (exit 0: nothing,
     /// 1: leaks found, 2: error). Works on this service and on any Go `net/http/pprof` service.
-    Scan(crate::detector::scan::ScanArgs),
+    Scan(leakfinder_detector::scan::ScanArgs),
     /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
     /// nothing, 1: leaks found, 2: error). With --every, runs for ever and exports OTLP metrics.
-    Fleet(crate::detector::fleet::FleetArgs),
+    Fleet(crate::fleet::FleetArgs),
     /// Writes the symbol table of an executable beside it (`<executable>.symbols`), so the
     /// service symbolises profiles without reading debug info. Run it after each build.
     Symbols(SymbolsArgs),
@@ -167,6 +177,18 @@ impl Config {
         }
         non_empty(&self.otlp_endpoint)
             .map(|base| format!("{}/v1/metrics", base.trim_end_matches('/')))
+    }
+
+    /// Who may read `/debug/pprof`: loopback peers, the allowed networks, and the token's holders.
+    pub fn pprof_access(&self) -> leakfinder_http::Access {
+        let access = self.pprof_allow.iter().fold(
+            leakfinder_http::Access::loopback_only(),
+            |access, network| access.allow(*network),
+        );
+        match &self.pprof_token {
+            Some(token) => access.token(token.clone()),
+            None => access,
+        }
     }
 
     /// Where profiles go, if anywhere (an empty value counts as unset).

@@ -9,19 +9,21 @@
 //! - [`config`] — the typed command-line and environment configuration.
 //! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.
 //! - [`api`] — the OpenAPI operations, the spec, Swagger UI and JSON errors.
-//! - [`detector`] — the leak detector: sampling, decoding, analysis, and `leakfinder scan`.
+//! - [`fleet`] — `leakfinder-lab fleet`: the detector's analysis over every service in Pyroscope.
 //! - [`healthcheck`] — the container health probe.
 //! - [`leaks`] — the three leaks beside their globals, the safe counterpart, and the controller.
 //! - [`process`] — RSS and jemalloc counters, and returning freed memory to the OS.
-//! - [`profiling`] — heap, CPU and task profiles in pprof format, symbolised in the process.
+//! - [`symbols`] — `leakfinder-lab symbols`: the prebuilt symbol table beside the binary.
 //! - [`telemetry`] — logs, OTLP metrics, and profiles pushed to Pyroscope.
+//! - [`watch`] — the in-process leak watch behind `/leak-report`.
 
 pub mod api;
 pub mod app;
 pub mod config;
-pub mod detector;
+pub mod fleet;
 pub mod healthcheck;
 pub mod leaks;
 pub mod process;
-pub mod profiling;
+pub mod symbols;
 pub mod telemetry;
+pub mod watch;

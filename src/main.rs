@@ -1,38 +1,26 @@
 //! The `leakfinder` binary: the allocator, configuration, logging, and the signal that stops it.
 
-use std::ffi::c_char;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use leakfinder::app::{Application, shutdown_signal};
 use leakfinder::config::{Command, Config};
-use leakfinder::profiling::tasks::root;
+use leakfinder_profiling::tasks::root;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc is the allocator from day one: its statistics feed `/leak-test`, its purge makes a
-/// reset visible in RSS, and its sampling profiler feeds the heap profile. Global by necessity:
-/// there is one allocator per process.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's start-up options, read before `main` runs:
-/// - sample one allocation every 512 KiB on average (`2^19`, Go's default rate) for the heap
-///   profile, from the first allocation on;
-/// - no random page offset for large allocations (`cache_oblivious`), which costs each of them
-///   an extra page: about 1 MiB less RSS above 1 GiB of leaked 1 MiB chunks.
-///
-/// One arena instead of four per core saved another megabyte there, but `/safe-test` fell to
-/// 0.76 to 0.92x of itself while a CPU profile ran (1.0x with the default arenas), so the
-/// arenas stay as they are.
-///
-/// Global by necessity: jemalloc looks this symbol up by name.
-#[allow(unsafe_code)]
-#[unsafe(export_name = "malloc_conf")]
-pub static MALLOC_CONF: Option<&'static c_char> = Some(
-    // SAFETY: a C string literal is NUL-terminated and 'static; jemalloc reads it as a
-    // `const char *`, which is what `Option<&c_char>` is laid out as.
-    unsafe { &*c"prof:true,prof_active:true,lg_prof_sample:19,cache_oblivious:false".as_ptr() },
+// jemalloc is the allocator from day one: its statistics feed `/leak-test`, its purge makes a
+// reset visible in RSS, and its sampling profiler feeds the heap profile. Its start-up options:
+// - sample one allocation every 512 KiB on average (`2^19`, Go's default rate) for the heap
+//   profile, from the first allocation on;
+// - no random page offset for large allocations (`cache_oblivious`), which costs each of them
+//   an extra page: about 1 MiB less RSS above 1 GiB of leaked 1 MiB chunks.
+//
+// One arena instead of four per core saved another megabyte there, but `/safe-test` fell to
+// 0.76 to 0.92x of itself while a CPU profile ran (1.0x with the default arenas), so the
+// arenas stay as they are.
+leakfinder_profiling::jemalloc!(
+    "prof:true,prof_active:true,lg_prof_sample:19,cache_oblivious:false"
 );
 
 fn main() -> ExitCode {
@@ -47,9 +35,9 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Command::Scan(args)) => return leakfinder::detector::scan::run(args),
-        Some(Command::Fleet(args)) => return leakfinder::detector::fleet::run(args, &config),
-        Some(Command::Symbols(args)) => return leakfinder::profiling::symbols::table::run(args),
+        Some(Command::Scan(args)) => return leakfinder_detector::scan::run(args),
+        Some(Command::Fleet(args)) => return leakfinder::fleet::run(args, &config),
+        Some(Command::Symbols(args)) => return leakfinder::symbols::run(args),
         None => {}
     }
     if let Err(error) = config.leak_settings() {
@@ -77,7 +65,7 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    let runtime = leakfinder::profiling::tasks::install(&mut builder)
+    let runtime = leakfinder_profiling::tasks::install(&mut builder)
         .build()
         .context("cannot start the tokio runtime")?;
     let served = runtime.block_on(serve(config));

@@ -137,20 +137,6 @@ fn void_mallctl(name: &CStr) -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
-/// CPU time of the calling thread (zero if the clock cannot be read).
-#[allow(unsafe_code)]
-pub fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` writes one `timespec`, which `now` is.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

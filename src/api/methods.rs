@@ -41,6 +41,18 @@ impl RouteTable {
         }
     }
 
+    /// `endpoint` under `prefix`, answering every method itself (its own 405s and OPTIONS).
+    pub fn nest_endpoint<E>(self, prefix: &str, endpoint: E) -> Self
+    where
+        E: IntoEndpoint,
+        E::Endpoint: 'static,
+    {
+        Self {
+            routes: self.routes.nest(prefix, endpoint),
+            allow: self.allow,
+        }
+    }
+
     /// Another table's routes, under `prefix`.
     pub fn nest(self, prefix: &str, table: RouteTable) -> Self {
         Self {

@@ -7,7 +7,6 @@
 pub mod error;
 pub mod leaks;
 pub mod methods;
-pub mod pprof;
 pub mod status;
 
 use std::sync::{Arc, OnceLock};
@@ -51,7 +50,7 @@ pub fn routes(state: Arc<AppState>) -> impl Endpoint + use<> {
         .get("/swagger", swagger.endpoint())
         .get("/swagger/", swagger.endpoint())
         .get("/swagger/index.html", swagger.endpoint())
-        .nest("/debug/pprof", pprof::routes())
+        .nest_endpoint("/debug/pprof", state.pprof.clone().into_poem())
         .openapi(api)
         .into_endpoint()
         .data(state)

@@ -191,7 +191,7 @@ impl StatusApi {
                 memory_age_ms: reading.age.as_millis() as u64,
                 symbol_index_bytes: self.state.profilers.symbols.index_bytes() as u64,
                 symbolising_cpu_ms: self.state.profilers.symbols.cpu_time().as_millis() as u64,
-                cpu_sampling: crate::profiling::sigprof::running(),
+                cpu_sampling: leakfinder_profiling::sigprof::running(),
                 cpu_sampling_cpu_us: self.state.profilers.cpu_sampling_cpu_time().as_micros()
                     as u64,
             },
@@ -239,7 +239,7 @@ impl StatusApi {
     /// file, line, rate, confidence and stack. Warm-ups that plateau and churn are not reported.
     /// (Task leaks: `leakfinder scan`, or the alive and blocked task metrics.)
     #[oai(path = "/leak-report", method = "get")]
-    async fn leak_report(&self) -> Json<crate::detector::watch::WatchReport> {
+    async fn leak_report(&self) -> Json<crate::watch::WatchReport> {
         Json(self.state.watch.report())
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{FILL_BYTE, lock};
-use crate::profiling::tasks::root;
+use leakfinder_profiling::tasks::root;
 
 /// Bytes per cache entry.
 pub const ENTRY_BYTES: usize = 64 * 1024;

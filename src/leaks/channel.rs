@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::{FILL_BYTE, LeakJob, Reservation, lock};
-use crate::profiling::tasks::root;
+use leakfinder_profiling::tasks::root;
 
 /// The channel of leak 2. Global on purpose: the receiver lives here, alive and never read, which
 /// is exactly why no send can ever complete. `None` until leak 2 first starts, and again after a

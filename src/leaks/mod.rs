@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LeakSettings;
-use crate::profiling::tasks::root;
+use leakfinder_profiling::tasks::root;
 
 /// The byte every leaked chunk is filled with. Not zero, so that every page is really touched and
 /// the process RSS grows with the leak (a zeroed allocation could stay unbacked).

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::FILL_BYTE;
-use crate::profiling::tasks::root;
+use leakfinder_profiling::tasks::root;
 
 /// The largest payload a safe task sends: the safe test is a comparison, not a load generator.
 pub const MAX_SAFE_CHUNK_BYTES: usize = 64 * 1024;

@@ -6,12 +6,15 @@
 
 pub mod logs;
 pub mod metrics;
-pub mod push;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 pub use logs::subscriber;
+
+use leakfinder_profiling::push;
 
 use crate::app::AppState;
 use crate::config::Config;
@@ -32,7 +35,26 @@ impl TelemetryGuard {
     /// Starts whatever export the configuration turns on.
     pub fn start(config: &Config, state: &Arc<AppState>) -> anyhow::Result<Self> {
         let metrics = metrics::MetricsExport::start(config, state)?;
-        let push = push::ProfilePush::start(config, state)?;
+        let push = match config.pyroscope_url() {
+            Some(url) => {
+                let settings = push::PushSettings {
+                    url: url.to_owned(),
+                    service_name: config.service_name.clone(),
+                    service_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    cpu_every: Duration::from_secs(config.pyroscope_cpu_interval_secs),
+                    heap_every: Duration::from_secs(config.pyroscope_heap_interval_secs),
+                };
+                let stats = Arc::clone(&state.profile_push);
+                Some(
+                    push::ProfilePush::start(settings, &state.profilers, stats)
+                        .context("cannot start the profile push thread")?,
+                )
+            }
+            None => {
+                tracing::info!("profile push is off: no PYROSCOPE_SERVER_ADDRESS");
+                None
+            }
+        };
         Ok(Self { metrics, push })
     }
 

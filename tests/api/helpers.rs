@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The binary under test, built by cargo in the same profile as this test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_leakfinder");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_leakfinder-lab");
 
 /// Longer than `/leak-test` caches its memory figures (100 ms): an answer fetched after this
 /// wait has memory figures read after anything that happened before it.

@@ -270,7 +270,7 @@ async fn plain_go_tool_pprof_shows_the_names_symbolize_none_shows() {
         let bytes = response.bytes().await.unwrap();
         // Every Rust frame, inlined dependency code included, carries its full path: the
         // dependencies' debug info has linkage names, not only line tables (`poll`, `run`).
-        let profile = leakfinder::profiling::pprof::decode(&bytes, 64 << 20).unwrap();
+        let profile = leakfinder_pprof::decode(&bytes, 64 << 20).unwrap();
         let text = |index: i64| profile.string_table[index as usize].as_str();
         let bare: Vec<&str> = profile
             .function
@@ -506,7 +506,7 @@ async fn overlapping_cpu_profiles_share_the_one_sampler() {
     for response in [first, second] {
         assert_eq!(response.status(), 200);
         let bytes = response.bytes().await.unwrap();
-        let profile = leakfinder::profiling::pprof::decode(&bytes, 64 << 20).unwrap();
+        let profile = leakfinder_pprof::decode(&bytes, 64 << 20).unwrap();
         let name = |index: i64| profile.string_table[index as usize].clone();
         assert_eq!(name(profile.sample_type[1].r#type), "cpu");
         assert!(
@@ -617,7 +617,7 @@ async fn the_profilers_own_memory_stays_small_flat_and_out_of_the_heap_profile()
     .await;
     let rows = top_rows(&go_pprof(&["-top"], &app.url("/debug/pprof/heap")));
     assert_eq!(rows[0].name, JOB1, "{rows:#?}");
-    let machinery = ["gimli", "backtrace", "pprof::", "leakfinder::profiling"];
+    let machinery = ["gimli", "backtrace", "pprof::", "leakfinder_profiling"];
     for row in &rows {
         assert!(
             !machinery.iter().any(|name| row.name.contains(name)) || row.flat_percent < 1.0,

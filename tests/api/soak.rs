@@ -119,8 +119,7 @@ async fn cpu_profiles_back_to_back_beside_leaks_and_load_never_fail() {
             let response = app.get("/debug/pprof/profile?seconds=1").await;
             assert_eq!(response.status(), 200);
             let body = response.bytes().await.unwrap();
-            let profile = leakfinder::profiling::pprof::decode(&body, 64 << 20)
-                .expect("a valid pprof profile");
+            let profile = leakfinder_pprof::decode(&body, 64 << 20).expect("a valid pprof profile");
             samples.push(profile.sample.len());
         }
         samples

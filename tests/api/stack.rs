@@ -307,11 +307,11 @@ fn the_dashboards_and_rules_refer_to_provisioned_datasources_and_pushed_profile_
         BTreeSet::from([
             format!(
                 "{}:cpu:nanoseconds:cpu:nanoseconds",
-                leakfinder::telemetry::push::CPU_PROFILE
+                leakfinder_profiling::push::CPU_PROFILE
             ),
             format!(
                 "{}:inuse_space:bytes:space:bytes",
-                leakfinder::telemetry::push::HEAP_PROFILE
+                leakfinder_profiling::push::HEAP_PROFILE
             ),
         ])
     );

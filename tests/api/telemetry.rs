@@ -348,7 +348,7 @@ fn pushes(taken: &[Received]) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
 
 /// The function that holds the most flat value of `sample_type` in a pprof profile.
 fn top_function(raw: &[u8], sample_type: &str) -> Option<String> {
-    let profile = leakfinder::profiling::pprof::decode(raw, 64 << 20).ok()?;
+    let profile = leakfinder_pprof::decode(raw, 64 << 20).ok()?;
     let name = |index: i64| profile.string_table[index as usize].clone();
     let column = profile
         .sample_type
@@ -407,8 +407,7 @@ async fn cpu_and_heap_profiles_reach_pyroscope_with_the_service_name() {
     // The pull CPU profile keeps working while the agent runs: both share the one sampler.
     let response = app.get("/debug/pprof/profile?seconds=1").await;
     assert_eq!(response.status(), 200);
-    let profile =
-        leakfinder::profiling::pprof::decode(&response.bytes().await.unwrap(), 64 << 20).unwrap();
+    let profile = leakfinder_pprof::decode(&response.bytes().await.unwrap(), 64 << 20).unwrap();
     assert!(profile.duration_nanos > 0);
 }
 
@@ -615,7 +614,7 @@ async fn a_stop_pushes_the_last_profiles_and_metrics_within_3_s() {
     let cpu_end = kinds("process_cpu")
         .iter()
         .map(|raw| {
-            let profile = leakfinder::profiling::pprof::decode(raw, 64 << 20).unwrap();
+            let profile = leakfinder_pprof::decode(raw, 64 << 20).unwrap();
             profile.time_nanos + profile.duration_nanos
         })
         .max()

@@ -1,0 +1,700 @@
+//! The leak detector: watch a live service's heap and task profiles and say which function, at
+//! which line, is leaking how fast, while staying quiet about warm-ups, plateaus and churn.
+//!
+//! - [`sampler`] fetches profiles over HTTP (I/O only);
+//! - [`frames`] says which frame of a stack is the site: the program's own code (pure);
+//! - [`profile`] reads a profile as the amount retained per site (pure);
+//! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
+//!   steps that never comes down (pure);
+//! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
+//! - [`scan`] is the `leakfinder scan` command.
+//!
+//! It works on this service and on any Go service with `net/http/pprof`.
+
+#![warn(missing_docs)]
+
+pub mod analysis;
+pub mod frames;
+pub mod profile;
+pub mod sampler;
+pub mod scan;
+
+use std::collections::BTreeMap;
+
+use analysis::{Point, Thresholds, Verdict};
+use profile::{ProfileKind, Site, Snapshot};
+
+/// Orders findings as reports show them: heap before tasks, fastest first.
+pub fn rank(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        (b.unit == "bytes")
+            .cmp(&(a.unit == "bytes"))
+            .then(b.rate_per_second.total_cmp(&a.rate_per_second))
+    });
+}
+
+/// Seconds since `started`, to the millisecond, as sample times are kept: the first sample,
+/// taken as a scan begins, is at 0 (not `5.81e-07`).
+pub fn seconds_since(started: std::time::Instant) -> f64 {
+    (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// The spawn site in a task stack (`function file:line` strings, leaf first): its root-most
+/// `created by` frame, as this service's task profile and Go's text profiles end.
+fn spawn_site(stack: &[String]) -> Option<String> {
+    stack
+        .last()
+        .and_then(|frame| frame.strip_prefix(leakfinder_pprof::conventions::CREATED_BY))
+        .map(str::to_owned)
+}
+
+/// A site whose retained amount keeps rising.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct Finding {
+    /// `heap`, `tasks`, or `goroutines` for a Go target's tasks.
+    pub kind: String,
+    /// The leaking function.
+    pub function: String,
+    /// Its source file.
+    pub file: String,
+    /// The line that retains.
+    pub line: i64,
+    /// Growth per second (Theil-Sen), in `unit`s.
+    pub rate_per_second: f64,
+    /// `bytes` or `tasks`.
+    pub unit: String,
+    /// What the site retains in the latest profile.
+    pub retained: f64,
+    /// Seconds after the scan's (or watch's) first sample at which the site was first seen.
+    pub first_seen_seconds: f64,
+    /// `1 - p` of the trend tests (for a ratchet, of the Mann-Kendall test on the whole series).
+    pub confidence: f64,
+    /// For tasks, where they were spawned (`function file:line`), when the profile says.
+    pub spawned_by: Option<String>,
+    /// For runtime structures (a heap site of runtime frames only), the task leak they come
+    /// from (`function file:line`), when one is found.
+    pub attributed_to: Option<String>,
+    /// Why: the stack, and the numbers behind the verdict.
+    pub evidence: Evidence,
+}
+
+/// The evidence for a finding.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct Evidence {
+    /// The stack of the largest sample at the site, leaf first.
+    pub stack: Vec<String>,
+    /// Profiles the series spans.
+    pub samples: usize,
+    /// Robust growth over the window.
+    pub growth: f64,
+    /// Growth per second over the recent half of the window.
+    pub recent_rate_per_second: f64,
+    /// Which test found it: `trend` (a steady rise) or `ratchet` (a floor that rises in steps
+    /// and never comes down).
+    pub test: String,
+    /// When the floor rose (seconds), for a ratchet.
+    pub steps_seconds: Vec<f64>,
+    /// Other sites of the same leak (`function file:line`), added up with this one: the sibling
+    /// tasks that one manifestation leaves at different lines.
+    pub siblings: Vec<String>,
+}
+
+/// A site's key and its series.
+type Watched<'a> = (&'a (ProfileKind, Site), &'a Series);
+
+#[derive(Debug, Default)]
+struct Series {
+    points: Vec<Point>,
+    first_seen: f64,
+    stack: Vec<String>,
+    family: String,
+}
+
+/// Per-site series of one profile kind, and the verdicts on them.
+#[derive(Debug)]
+pub struct Detector {
+    window: usize,
+    go: bool,
+    series: BTreeMap<(ProfileKind, Site), Series>,
+    times: BTreeMap<ProfileKind, Vec<f64>>,
+}
+
+impl Detector {
+    /// A detector that keeps at most `window` points per series (older ones slide out).
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(4),
+            go: false,
+            series: BTreeMap::new(),
+            times: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one profile taken `t` seconds after the start. A site seen before but absent now
+    /// retains nothing now.
+    pub fn observe(&mut self, t: f64, snapshot: &Snapshot) {
+        self.go |= snapshot.go;
+        let kind = snapshot.kind;
+        let times = self.times.entry(kind).or_default();
+        times.push(t);
+        if times.len() > self.window {
+            times.remove(0);
+        }
+        // A site that appears after the first profile of its kind was at zero just before: its
+        // series starts there, so its first step counts as one.
+        let previous = (times.len() > 1).then(|| times[times.len() - 2]);
+        for (site, retained) in &snapshot.sites {
+            let series = self
+                .series
+                .entry((kind, site.clone()))
+                .or_insert_with(|| Series {
+                    first_seen: t,
+                    points: previous
+                        .map(|t| Point { t, value: 0.0 })
+                        .into_iter()
+                        .collect(),
+                    ..Series::default()
+                });
+            series.stack.clone_from(&retained.stack);
+            series.family.clone_from(&retained.family);
+        }
+        let window = self.window;
+        for ((series_kind, site), series) in self.series.iter_mut() {
+            if *series_kind != kind {
+                continue;
+            }
+            let value = snapshot
+                .sites
+                .get(site)
+                .map_or(0.0, |retained| retained.value);
+            series.points.push(Point { t, value });
+            if series.points.len() > window {
+                series.points.remove(0);
+            }
+        }
+        // Sites gone for a whole window are forgotten, so churn cannot grow the map for ever.
+        self.series
+            .retain(|_, series| series.points.iter().any(|point| point.value > 0.0));
+    }
+
+    /// Every leaking site, fastest first.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let mut unfound: Vec<Watched<'_>> = Vec::new();
+        for (key, series) in &self.series {
+            match Found::test(&series.points, &thresholds(key.0)) {
+                Some(found) => findings.push(self.finding(key, series, found)),
+                None => unfound.push((key, series)),
+            }
+        }
+        findings.extend(self.sibling_findings(&unfound));
+        attribute_runtime_structures(&mut findings);
+        rank(&mut findings);
+        findings
+    }
+
+    /// Leaks split over sibling sites: sites of one family (see [`frames::Placed::family`]) whose counts
+    /// never come down and rise at the same profiles, added up and tested as one series (a
+    /// ratchet of two steps will do: each step is seen at two sites at once).
+    fn sibling_findings(&self, unfound: &[Watched<'_>]) -> Vec<Finding> {
+        // Per family, its members that never came down, with the times their floor rose.
+        type Member<'a> = (Watched<'a>, Vec<f64>);
+        let mut families: BTreeMap<(ProfileKind, &str), Vec<Member<'_>>> = BTreeMap::new();
+        for &(key, series) in unfound {
+            let steps = analysis::floor_steps(&series.points);
+            if series.family.is_empty() || steps.is_empty() || analysis::drops(&series.points) > 0.0
+            {
+                continue;
+            }
+            families
+                .entry((key.0, series.family.as_str()))
+                .or_default()
+                .push(((key, series), steps));
+        }
+        let mut findings = Vec::new();
+        for ((kind, _), mut members) in families {
+            // One profile's interval, and a little more.
+            let tolerance = 1.5 * self.interval(kind);
+            // Largest first: it names the leak; the others join when they step together.
+            let last = |series: &Series| series.points.last().map_or(0.0, |p| p.value);
+            members.sort_by(|a, b| last(b.0.1).total_cmp(&last(a.0.1)));
+            let lead_steps = &members[0].1;
+            let together: Vec<Watched<'_>> = members
+                .iter()
+                .filter(|(_, steps)| steps_align(lead_steps, steps, tolerance))
+                .map(|&(watched, _)| watched)
+                .collect();
+            if together.len() < 2 {
+                continue;
+            }
+            let mut sum: BTreeMap<u64, f64> = BTreeMap::new();
+            for (_, series) in &together {
+                for point in &series.points {
+                    *sum.entry(point.t.to_bits()).or_default() += point.value;
+                }
+            }
+            let mut points: Vec<Point> = sum
+                .into_iter()
+                .map(|(t, value)| Point {
+                    t: f64::from_bits(t),
+                    value,
+                })
+                .collect();
+            points.sort_by(|a, b| a.t.total_cmp(&b.t));
+            // Each step is seen at two sites or more at once, so two steps are enough here.
+            let mut thresholds = thresholds(kind);
+            if let Some(ratchet) = &mut thresholds.ratchet {
+                ratchet.steps = 2;
+            }
+            let Some(found) = Found::test(&points, &thresholds) else {
+                continue;
+            };
+            let (key, lead) = together[0];
+            let mut finding = self.finding(key, lead, found);
+            finding.retained = points.last().map_or(0.0, |p| p.value);
+            finding.evidence.samples = points.len();
+            finding.evidence.siblings = together[1..]
+                .iter()
+                .map(|((_, site), _)| format!("{} {}:{}", site.function, site.file, site.line))
+                .collect();
+            findings.push(finding);
+        }
+        findings
+    }
+
+    fn finding(
+        &self,
+        (kind, site): &(ProfileKind, Site),
+        series: &Series,
+        found: Found,
+    ) -> Finding {
+        let (kind_name, unit) = match kind {
+            ProfileKind::Heap => ("heap", "bytes"),
+            ProfileKind::Tasks if self.go => ("goroutines", "tasks"),
+            ProfileKind::Tasks => ("tasks", "tasks"),
+        };
+        Finding {
+            kind: kind_name.to_owned(),
+            function: site.function.clone(),
+            file: site.file.clone(),
+            line: site.line,
+            rate_per_second: found.rate,
+            unit: unit.to_owned(),
+            retained: series.points.last().map_or(0.0, |point| point.value),
+            first_seen_seconds: series.first_seen,
+            confidence: found.confidence,
+            spawned_by: spawn_site(&series.stack),
+            attributed_to: None,
+            evidence: Evidence {
+                stack: series.stack.clone(),
+                samples: series.points.len(),
+                growth: found.growth,
+                recent_rate_per_second: found.recent_rate,
+                test: found.test.to_owned(),
+                steps_seconds: found.steps,
+                siblings: Vec::new(),
+            },
+        }
+    }
+    /// The median time between two profiles of a kind.
+    fn interval(&self, kind: ProfileKind) -> f64 {
+        let times = self.times.get(&kind).map_or(&[][..], Vec::as_slice);
+        let mut gaps: Vec<f64> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        gaps.sort_by(f64::total_cmp);
+        gaps.get(gaps.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// How many sites are being watched.
+    pub fn sites(&self) -> usize {
+        self.series.len()
+    }
+}
+
+fn thresholds(kind: ProfileKind) -> Thresholds {
+    match kind {
+        ProfileKind::Heap => Thresholds::HEAP,
+        ProfileKind::Tasks => Thresholds::TASKS,
+    }
+}
+
+/// What a test found, in the terms of a [`Finding`].
+struct Found {
+    rate: f64,
+    recent_rate: f64,
+    growth: f64,
+    confidence: f64,
+    test: &'static str,
+    steps: Vec<f64>,
+}
+
+impl Found {
+    /// The trend test, then the ratchet: what the first that finds a leak found.
+    fn test(points: &[Point], thresholds: &Thresholds) -> Option<Self> {
+        match analysis::assess(points, thresholds) {
+            Verdict::Leak(trend) => Some(Self::trend(trend)),
+            Verdict::Quiet(_) => analysis::ratchet(points, thresholds).map(Self::ratchet),
+        }
+    }
+
+    fn trend(trend: analysis::Trend) -> Self {
+        Self {
+            rate: trend.rate,
+            recent_rate: trend.recent_rate,
+            growth: trend.growth,
+            confidence: trend.confidence,
+            test: "trend",
+            steps: Vec::new(),
+        }
+    }
+
+    fn ratchet(ratchet: analysis::Ratchet) -> Self {
+        Self {
+            rate: ratchet.rate,
+            recent_rate: ratchet.rate,
+            growth: ratchet.rise,
+            confidence: ratchet.confidence,
+            test: "ratchet",
+            steps: ratchet.steps,
+        }
+    }
+}
+
+/// Whether two sites' floors rise at the same profiles, give or take `tolerance` seconds (a
+/// manifestation can straddle a profile).
+fn steps_align(a: &[f64], b: &[f64], tolerance: f64) -> bool {
+    let near = |steps: &[f64], t: f64| steps.iter().any(|&step| (step - t).abs() <= tolerance);
+    a.len() == b.len() && a.iter().all(|&t| near(b, t)) && b.iter().all(|&t| near(a, t))
+}
+
+/// Heap growth of runtime structures alone (goroutine structs under `runtime.newproc1`) is the
+/// footprint of a task leak: it names the fastest task leak found, if any, never a user site.
+fn attribute_runtime_structures(findings: &mut [Finding]) {
+    let task_leak = findings
+        .iter()
+        .filter(|finding| finding.unit == "tasks" && !is_runtime_site(finding))
+        .max_by(|a, b| a.rate_per_second.total_cmp(&b.rate_per_second))
+        .map(|finding| format!("{} {}:{}", finding.function, finding.file, finding.line));
+    for finding in findings
+        .iter_mut()
+        .filter(|finding| is_runtime_site(finding))
+    {
+        finding.attributed_to.clone_from(&task_leak);
+    }
+}
+
+fn is_runtime_site(finding: &Finding) -> bool {
+    finding.function == frames::RUNTIME_GOROUTINES || finding.function == frames::RUNTIME_TASKS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profile::Retained;
+
+    fn snapshot(kind: ProfileKind, sites: &[(&str, f64)]) -> Snapshot {
+        Snapshot {
+            kind,
+            go: false,
+            sites: sites
+                .iter()
+                .map(|(function, value)| {
+                    let site = Site {
+                        function: (*function).into(),
+                        file: "src/x.rs".into(),
+                        line: 1,
+                    };
+                    (
+                        site,
+                        Retained::new(*value, vec![format!("{function} src/x.rs:1")]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_growing_site_is_found_and_a_flat_one_is_not() {
+        let mut detector = Detector::new(60);
+        for i in 0..12 {
+            let t = i as f64;
+            detector.observe(
+                t,
+                &snapshot(
+                    ProfileKind::Heap,
+                    &[("leaky", 1e6 * t + 1e6), ("steady", 5e6)],
+                ),
+            );
+        }
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].function, "leaky");
+        assert_eq!(findings[0].kind, "heap");
+        assert!((findings[0].rate_per_second - 1e6).abs() < 1.0);
+        assert_eq!(findings[0].retained, 12e6);
+    }
+
+    /// A deterministic xorshift stream, so the property tests are repeatable.
+    fn random(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    fn valid_profile() -> Vec<u8> {
+        use leakfinder_pprof::{Frame, ProfileBuilder, StackEntry, encode_gzip};
+        let mut builder = ProfileBuilder::new(
+            &[("inuse_objects", "count"), ("inuse_space", "bytes")],
+            ("space", "bytes"),
+            524_288,
+        );
+        for i in 0..20u64 {
+            let frame = |name: String| Frame {
+                function: name.into(),
+                file: "src/x.rs".into(),
+                line: i as u32,
+            };
+            let stack = vec![
+                StackEntry {
+                    address: i,
+                    frames: vec![frame(format!("leaf{i}")), frame("runtime.mallocgc".into())]
+                        .into(),
+                    skip: 0,
+                },
+                StackEntry {
+                    address: 100 + i,
+                    frames: vec![frame("main.main".into())].into(),
+                    skip: 0,
+                },
+            ];
+            builder.add_sample(&stack, vec![i as i64, (i * 1000) as i64], &[("k", "v")]);
+        }
+        encode_gzip(&builder.build())
+    }
+
+    /// Property: whatever bytes arrive, decoding, reading per site and analysing never panic.
+    #[test]
+    fn malformed_profiles_never_panic_the_decoder_or_the_analysis() {
+        use leakfinder_pprof::decode;
+        let valid = valid_profile();
+        let raw = {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(valid.as_slice())
+                .read_to_end(&mut raw)
+                .unwrap();
+            raw
+        };
+        let mut next = random(42);
+        let mut detector = Detector::new(16);
+        let mut decoded = 0;
+        for round in 0..4000u64 {
+            let mut bytes = if round % 2 == 0 {
+                raw.clone()
+            } else {
+                valid.clone()
+            };
+            match next() % 4 {
+                0 => {
+                    for _ in 0..1 + next() % 8 {
+                        let at = (next() as usize) % bytes.len();
+                        bytes[at] ^= 1 << (next() % 8);
+                    }
+                }
+                1 => bytes.truncate((next() as usize) % bytes.len()),
+                2 => {
+                    let at = (next() as usize) % bytes.len();
+                    bytes.splice(at..at, (0..next() % 64).map(|_| next() as u8));
+                }
+                _ => bytes = (0..next() % 512).map(|_| next() as u8).collect(),
+            }
+            if let Ok(profile) = decode(&bytes, 1 << 20) {
+                decoded += 1;
+                for kind in [ProfileKind::Heap, ProfileKind::Tasks] {
+                    if let Ok(snapshot) = profile::snapshot(&profile, kind) {
+                        detector.observe(round as f64, &snapshot);
+                    }
+                }
+                let _ = detector.findings();
+            }
+        }
+        assert!(
+            decoded > 100,
+            "mutations still decode often enough to exercise the reader: {decoded}"
+        );
+    }
+
+    /// Property: any series, however odd its numbers, gets a verdict without panicking.
+    #[test]
+    fn odd_series_never_panic_the_analysis() {
+        let mut next = random(7);
+        let odd = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MAX,
+            -f64::MAX,
+            0.0,
+            -0.0,
+            1e-300,
+        ];
+        for _ in 0..2000 {
+            let n = (next() % 40) as usize;
+            let points: Vec<analysis::Point> = (0..n)
+                .map(|i| analysis::Point {
+                    t: if next().is_multiple_of(10) {
+                        odd[(next() % 8) as usize]
+                    } else {
+                        i as f64
+                    },
+                    value: if next().is_multiple_of(5) {
+                        odd[(next() % 8) as usize]
+                    } else {
+                        (next() % 1_000_000) as f64
+                    },
+                })
+                .collect();
+            let _ = analysis::assess(&points, &Thresholds::HEAP);
+            let _ = analysis::theil_sen(&points);
+            let _ = analysis::mann_kendall(&points.iter().map(|p| p.value).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn vanished_sites_read_zero_then_are_forgotten() {
+        let mut detector = Detector::new(5);
+        detector.observe(0.0, &snapshot(ProfileKind::Heap, &[("once", 1e6)]));
+        for i in 1..10 {
+            detector.observe(i as f64, &snapshot(ProfileKind::Heap, &[]));
+        }
+        assert_eq!(detector.sites(), 0);
+    }
+
+    /// Observes `sites` (function, family, series) of Go task profiles at 1 s intervals; a zero
+    /// is an absent site.
+    fn observe_go_tasks(detector: &mut Detector, sites: &[(&str, &str, &[f64])]) {
+        let n = sites[0].2.len();
+        for i in 0..n {
+            let snapshot = Snapshot {
+                kind: ProfileKind::Tasks,
+                go: true,
+                sites: sites
+                    .iter()
+                    .filter(|(_, _, values)| values[i] > 0.0)
+                    .map(|(function, family, values)| {
+                        let site = Site {
+                            function: (*function).into(),
+                            file: "/app/main.go".into(),
+                            line: 7,
+                        };
+                        let mut retained =
+                            Retained::new(values[i], vec![format!("{function} /app/main.go:7")]);
+                        retained.family = (*family).into();
+                        (site, retained)
+                    })
+                    .collect(),
+            };
+            detector.observe(i as f64, &snapshot);
+        }
+    }
+
+    #[test]
+    fn a_step_wise_leak_first_seen_late_is_a_ratchet_seen_at_its_first_step() {
+        let steps: [f64; 20] = [
+            0.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 6.0, 6.0,
+            6.0, 9.0, 9.0,
+        ];
+        let flat = [1.0; 20];
+        let mut detector = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut detector,
+            &[
+                ("main.rare", "main.rare", &steps),
+                ("main.ticker", "main.ticker", &flat),
+            ],
+        );
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let finding = &findings[0];
+        assert_eq!(finding.function, "main.rare");
+        assert_eq!(finding.kind, "goroutines");
+        assert_eq!(finding.evidence.test, "ratchet");
+        assert_eq!(finding.evidence.steps_seconds, vec![1.0, 15.0, 18.0]);
+        assert_eq!(finding.first_seen_seconds, 1.0);
+        assert_eq!(finding.retained, 9.0);
+    }
+
+    #[test]
+    fn a_leak_split_over_sibling_sites_is_added_up_and_unrelated_sites_are_not() {
+        // Each manifestation leaves one goroutine at each of three sibling sites: two steps of
+        // one are too little for any site alone.
+        let sibling: [f64; 20] = [
+            0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0,
+            2.0, 2.0, 2.0,
+        ];
+        // A site of another family stepping at the same moments, and one of the same family
+        // stepping at other moments: neither joins.
+        let mut late = sibling;
+        late[3..7].fill(0.0);
+        let mut detector = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut detector,
+            &[
+                ("main.fanout.func1", "main.fanout", &sibling),
+                ("main.fanout.func2", "main.fanout", &sibling),
+                ("main.fanout.func3", "main.fanout", &sibling),
+                ("main.fanout.func4", "main.fanout", &late),
+                ("main.other", "main.other", &sibling),
+            ],
+        );
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let finding = &findings[0];
+        assert!(finding.function.starts_with("main.fanout.func"));
+        assert_eq!(finding.retained, 6.0);
+        assert_eq!(finding.evidence.siblings.len(), 2, "{finding:#?}");
+        assert!(
+            finding
+                .evidence
+                .siblings
+                .iter()
+                .all(|site| !site.contains("func4") && !site.contains("main.other"))
+        );
+        // Alone, a sibling is quiet.
+        let mut alone = Detector::new(usize::MAX);
+        observe_go_tasks(
+            &mut alone,
+            &[("main.fanout.func1", "main.fanout", &sibling)],
+        );
+        assert!(alone.findings().is_empty());
+    }
+
+    #[test]
+    fn runtime_structures_name_the_task_leak_they_come_from() {
+        let mut detector = Detector::new(usize::MAX);
+        for i in 0..12 {
+            let t = f64::from(i);
+            let mut heap = snapshot(ProfileKind::Heap, &[(frames::RUNTIME_GOROUTINES, 1e6 * t)]);
+            heap.go = true;
+            detector.observe(t, &heap);
+            let mut tasks = snapshot(ProfileKind::Tasks, &[("main.leak", 10.0 * t)]);
+            tasks.go = true;
+            detector.observe(t, &tasks);
+        }
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        let heap = findings.iter().find(|f| f.unit == "bytes").unwrap();
+        assert_eq!(heap.function, frames::RUNTIME_GOROUTINES);
+        assert_eq!(heap.attributed_to.as_deref(), Some("main.leak src/x.rs:1"));
+    }
+
+    #[test]
+    fn the_first_sample_of_a_scan_is_at_zero() {
+        assert_eq!(seconds_since(std::time::Instant::now()), 0.0);
+    }
+}

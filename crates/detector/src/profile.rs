@@ -1,0 +1,332 @@
+//! Reading a pprof profile as the detector needs it: the amount each *site* retains.
+//!
+//! A site is the leaf-most frame in the program's own code (see [`super::frames`]), as
+//! function + file:line; a stack of runtime frames only is one site of its own. The full stack of
+//! the sample that retains the most there is kept as evidence, with the manifestation it belongs
+//! to (its [`family`](super::frames::Placed::family)). Malformed profiles (dangling ids,
+//! string indices out of range) are read as far as they make sense: this never panics.
+
+use std::collections::BTreeMap;
+
+use super::frames::{self, Language};
+use leakfinder_pprof::Profile;
+
+/// Which profile a snapshot came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileKind {
+    /// Live heap (`inuse_space`, bytes).
+    Heap,
+    /// Tasks or goroutines (`goroutine`, count).
+    Tasks,
+}
+
+impl ProfileKind {
+    /// The sample type this kind reads.
+    pub fn sample_type(self) -> &'static str {
+        match self {
+            ProfileKind::Heap => "inuse_space",
+            ProfileKind::Tasks => "goroutine",
+        }
+    }
+}
+
+/// Where something is retained.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Site {
+    /// The function.
+    pub function: String,
+    /// Its source file.
+    pub file: String,
+    /// The line.
+    pub line: i64,
+}
+
+/// What one site retains in one profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retained {
+    /// Bytes or tasks.
+    pub value: f64,
+    /// The stack (leaf first, `function file:line`) of the largest sample at this site.
+    pub stack: Vec<String>,
+    /// The manifestation the largest sample belongs to: its spawner, or its root-most program
+    /// function (empty when it has no program code).
+    pub family: String,
+    largest: f64,
+}
+
+impl Retained {
+    /// `value` retained, with `stack` as the evidence.
+    pub fn new(value: f64, stack: Vec<String>) -> Self {
+        Self {
+            value,
+            stack,
+            family: String::new(),
+            largest: value,
+        }
+    }
+}
+
+/// One profile, read per site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Which profile.
+    pub kind: ProfileKind,
+    /// Whether the target is a Go program (its stacks run through `runtime.`).
+    pub go: bool,
+    /// What each site retains.
+    pub sites: BTreeMap<Site, Retained>,
+}
+
+/// Why a profile cannot be read as a given kind.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The profile has no sample type of that name.
+    #[error("the profile has no {wanted} samples (it has: {found})")]
+    MissingSampleType {
+        /// The sample type looked for.
+        wanted: &'static str,
+        /// The ones it has.
+        found: String,
+    },
+}
+
+/// Reads a profile as `kind`.
+pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, SnapshotError> {
+    let string = |index: i64| -> &str {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| profile.string_table.get(index))
+            .map_or("", String::as_str)
+    };
+    let Some(column) = profile
+        .sample_type
+        .iter()
+        .position(|value_type| string(value_type.r#type) == kind.sample_type())
+    else {
+        let found = profile
+            .sample_type
+            .iter()
+            .map(|value_type| string(value_type.r#type))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(SnapshotError::MissingSampleType {
+            wanted: kind.sample_type(),
+            found,
+        });
+    };
+    let functions: BTreeMap<u64, (&str, &str)> = profile
+        .function
+        .iter()
+        .map(|function| {
+            (
+                function.id,
+                (string(function.name), string(function.filename)),
+            )
+        })
+        .collect();
+    let locations: BTreeMap<u64, &leakfinder_pprof::Location> = profile
+        .location
+        .iter()
+        .map(|location| (location.id, location))
+        .collect();
+    let language = Language::detect(functions.values().copied());
+    let mut sites: BTreeMap<Site, Retained> = BTreeMap::new();
+    for sample in &profile.sample {
+        let Some(&value) = sample.value.get(column) else {
+            continue;
+        };
+        if value <= 0 {
+            continue;
+        }
+        let frames: Vec<(&str, &str, i64)> = sample
+            .location_id
+            .iter()
+            .filter_map(|id| locations.get(id))
+            .flat_map(|location| location.line.iter())
+            .filter_map(|line| {
+                let (function, file) = functions.get(&line.function_id)?;
+                Some((*function, *file, line.line))
+            })
+            .collect();
+        if frames.is_empty() {
+            continue;
+        }
+        let placed: Vec<(&str, &str)> = frames
+            .iter()
+            .map(|(function, file, _)| (*function, *file))
+            .collect();
+        let placed = frames::Placed::new(&language, &placed);
+        let chosen = placed.site();
+        let site = match chosen {
+            Some(index) => Site {
+                function: frames[index].0.to_owned(),
+                file: frames[index].1.to_owned(),
+                line: frames[index].2,
+            },
+            None => Site {
+                function: language.runtime_site().to_owned(),
+                file: String::new(),
+                line: 0,
+            },
+        };
+        let value = value as f64;
+        let retained = sites
+            .entry(site)
+            .or_insert_with(|| Retained::new(0.0, Vec::new()));
+        retained.value += value;
+        if value > retained.largest {
+            retained.largest = value;
+            retained.family = placed.family();
+            retained.stack = frames
+                .iter()
+                .map(|(function, file, line)| format!("{function} {file}:{line}"))
+                .collect();
+        }
+    }
+    let go = language.is_go();
+    Ok(Snapshot { kind, go, sites })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leakfinder_pprof::{Frame, ProfileBuilder, StackEntry};
+
+    fn entry(address: u64, function: &str, file: &str, line: u32) -> StackEntry {
+        StackEntry {
+            address,
+            frames: vec![Frame {
+                function: function.into(),
+                file: file.into(),
+                line,
+            }]
+            .into(),
+            skip: 0,
+        }
+    }
+
+    #[test]
+    fn sites_skip_runtime_frames_and_sum_their_samples() {
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let park = entry(1, "runtime.gopark", "/go/src/runtime/proc.go", 435);
+        let send = entry(2, "runtime.chansend1", "/go/src/runtime/chan.go", 161);
+        let leak = entry(3, "main.leakGoroutines.func1", "/app/main.go", 42);
+        builder.add_sample(&[park.clone(), send, leak.clone()], vec![7], &[]);
+        builder.add_sample(&[park, leak], vec![3], &[]);
+        let snapshot = snapshot(&builder.build(), ProfileKind::Tasks).unwrap();
+        assert!(snapshot.go);
+        let (site, retained) = snapshot.sites.iter().next().unwrap();
+        assert_eq!(site.function, "main.leakGoroutines.func1");
+        assert_eq!((site.file.as_str(), site.line), ("/app/main.go", 42));
+        assert_eq!(retained.value, 10.0);
+        assert_eq!(
+            retained.stack[0],
+            "runtime.gopark /go/src/runtime/proc.go:435"
+        );
+    }
+
+    #[test]
+    fn rust_task_stacks_land_on_the_user_frame() {
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let acquire = entry(
+            1,
+            "<tokio::sync::batch_semaphore::Acquire as core::future::future::Future>::poll",
+            "tokio-1.54.1/src/sync/batch_semaphore.rs",
+            642,
+        );
+        let user = entry(
+            2,
+            "leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}",
+            "src/leaks/channel.rs",
+            66,
+        );
+        builder.add_sample(&[acquire, user], vec![100], &[]);
+        let snapshot = snapshot(&builder.build(), ProfileKind::Tasks).unwrap();
+        assert!(!snapshot.go);
+        let site = snapshot.sites.keys().next().unwrap();
+        assert!(site.function.contains("run_leaker_job2"));
+        assert_eq!(site.line, 66);
+    }
+
+    #[test]
+    fn a_profile_without_the_sample_type_is_an_error() {
+        let profile = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            1,
+        )
+        .build();
+        assert_eq!(
+            snapshot(&profile, ProfileKind::Heap),
+            Err(SnapshotError::MissingSampleType {
+                wanted: "inuse_space",
+                found: "samples, cpu".into()
+            })
+        );
+    }
+
+    #[test]
+    fn dangling_ids_and_bad_indices_are_skipped_not_fatal() {
+        let mut profile =
+            ProfileBuilder::new(&[("inuse_space", "bytes")], ("space", "bytes"), 1).build();
+        profile.sample.push(leakfinder_pprof::Sample {
+            location_id: vec![99, 0, u64::MAX],
+            value: vec![1024],
+            label: vec![],
+        });
+        profile.sample.push(leakfinder_pprof::Sample {
+            location_id: vec![],
+            value: vec![],
+            label: vec![],
+        });
+        profile.sample_type[0].unit = -5;
+        profile.string_table.truncate(2);
+        let _ = snapshot(&profile, ProfileKind::Heap);
+        let _ = snapshot(&profile, ProfileKind::Tasks);
+    }
+
+    #[test]
+    fn blockers_on_one_mutex_from_different_callers_do_not_merge() {
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let sema = entry(
+            1,
+            "internal/sync.runtime_SemacquireMutex",
+            "/go/src/runtime/sema.go",
+            95,
+        );
+        let lock = entry(2, "sync.(*Mutex).Lock", "/go/src/sync/mutex.go", 46);
+        let refresh = entry(3, "main.(*cache).refresh", "/app/cache.go", 30);
+        let evict = entry(4, "main.(*cache).evict", "/app/cache.go", 52);
+        let exit = entry(5, "runtime.goexit", "/go/src/runtime/asm_amd64.s", 1700);
+        builder.add_sample(
+            &[sema.clone(), lock.clone(), refresh, exit.clone()],
+            vec![4],
+            &[],
+        );
+        builder.add_sample(&[sema, lock, evict, exit.clone()], vec![2], &[]);
+        // The goroutine structs of a task leak: runtime frames only.
+        let malg = entry(6, "runtime.malg", "/go/src/runtime/proc.go", 4000);
+        builder.add_sample(&[malg, exit], vec![9], &[]);
+        let snapshot = snapshot(&builder.build(), ProfileKind::Tasks).unwrap();
+        let sites: Vec<(&str, i64, f64)> = snapshot
+            .sites
+            .iter()
+            .map(|(site, retained)| (site.function.as_str(), site.line, retained.value))
+            .collect();
+        assert_eq!(
+            sites,
+            vec![
+                ("main.(*cache).evict", 52, 2.0),
+                ("main.(*cache).refresh", 30, 4.0),
+                (super::frames::RUNTIME_GOROUTINES, 0, 9.0),
+            ]
+        );
+        let refresh = snapshot.sites.values().nth(1).unwrap();
+        assert_eq!(
+            refresh.stack[1],
+            "sync.(*Mutex).Lock /go/src/sync/mutex.go:46"
+        );
+        assert_eq!(refresh.family, "main.(*cache).refresh");
+    }
+}

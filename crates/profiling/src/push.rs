@@ -1,0 +1,456 @@
+//! Continuous profiles pushed to Pyroscope from one thread: the CPU sampler's windows (the same
+//! windows `/debug/pprof/profile` serves) and the heap profile `/debug/pprof/heap` serves, each on
+//! its interval, over Pyroscope's own push API (`push.v1.PusherService/Push`, encoded with the
+//! `pyroscope` crate's protocol types).
+//!
+//! What the `pyroscope` crate's agent, used before, did not do:
+//! - **Nothing is lost to an outage.** A push that fails stays in a queue bounded by count and
+//!   bytes ([`QUEUE_PROFILES`], [`QUEUE_BYTES`]; the oldest is dropped first and counted in
+//!   [`PushStats::dropped`], exported as `leakfinder.profiles.dropped`) and is retried, oldest
+//!   first, with backoff; once the server is back, the whole outage arrives.
+//! - **Nothing is lost at shutdown.** [`ProfilePush::finish`] pushes the windows since the last
+//!   push and a last heap profile, with whatever is queued, by the shutdown deadline, and logs
+//!   it. (The agent's stop waited for its timer's next tick, up to a whole interval, so every
+//!   deploy lost its last window.)
+//! - **Plain label names.** `__name__`, `service_name`, `service_version`: the agent's dotted
+//!   names (`otel.scope.name`, ...) are hidden by Pyroscope 2's label APIs unless a client asks
+//!   for UTF-8 names.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+use pyroscope::encode::r#gen::push::{PushRequest, RawProfileSeries, RawSample};
+use pyroscope::encode::r#gen::types::LabelPair;
+use tokio::sync::broadcast;
+
+use crate::Profilers;
+use crate::cpu::{self, CpuWindow, DemandGuard};
+use crate::heap;
+use crate::symbols::Symbolizer;
+use leakfinder_pprof::{encode_gzip, gzip};
+
+/// Pyroscope's name of the CPU profile type (`process_cpu:cpu:nanoseconds:cpu:nanoseconds`).
+pub const CPU_PROFILE: &str = "process_cpu";
+/// Pyroscope's name of the heap profile type (`memory:inuse_space:bytes:space:bytes`).
+pub const HEAP_PROFILE: &str = "memory";
+/// Where pushes go, under the server's address.
+pub const PUSH_PATH: &str = "/push.v1.PusherService/Push";
+
+/// The most profiles kept for retry: six minutes of an outage at the default intervals.
+pub const QUEUE_PROFILES: usize = 64;
+/// The most bytes kept for retry (compressed pushes).
+pub const QUEUE_BYTES: usize = 4 << 20;
+/// The longest one push may take outside shutdown.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the last push waits for the sampler's last, partial window (it publishes it within
+/// 50 ms of the shutdown).
+const LAST_WINDOW_WAIT: Duration = Duration::from_millis(200);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the pusher has done, for the exported metrics.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    /// Profiles dropped: the oldest when the queue was full, or one the server refused as bad.
+    pub dropped: AtomicU64,
+    /// Profiles waiting in the queue now.
+    pub queued: AtomicU64,
+}
+
+/// The running pusher. [`Self::finish`] asks for the last push; [`Self::join`] waits for it.
+pub struct ProfilePush {
+    finish: mpsc::Sender<Instant>,
+    thread: JoinHandle<()>,
+}
+
+/// Where and how often to push, and the labels every profile carries.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Pyroscope's base URL (`http://pyroscope:4040`), without a trailing slash.
+    pub url: String,
+    /// The `service_name` label: the application in Pyroscope's UI.
+    pub service_name: String,
+    /// The `service_version` label.
+    pub service_version: String,
+    /// How often CPU windows are pushed.
+    pub cpu_every: Duration,
+    /// How often a heap profile is taken and pushed.
+    pub heap_every: Duration,
+}
+
+impl ProfilePush {
+    /// Starts the push thread: CPU windows from `profilers`' sampler (held in demand while the
+    /// push runs) and heap profiles, symbolised by `profilers`' symboliser, counted in `stats`.
+    pub fn start(
+        settings: PushSettings,
+        profilers: &Profilers,
+        stats: Arc<PushStats>,
+    ) -> std::io::Result<Self> {
+        let cpu = profilers
+            .cpu
+            .as_ref()
+            .map(|sampler| (sampler.subscribe(), sampler.demand()));
+        if cpu.is_none() {
+            tracing::warn!("no CPU sampler: only heap profiles are pushed");
+        }
+        let pusher = Pusher {
+            endpoint: format!("{}{PUSH_PATH}", settings.url),
+            labels: vec![
+                ("service_name", settings.service_name.clone()),
+                ("service_version", settings.service_version),
+            ],
+            cpu,
+            cpu_every: settings.cpu_every,
+            heap_every: settings.heap_every,
+            symbols: Arc::clone(&profilers.symbols),
+            stats,
+            queue: Queue::default(),
+            sequence: 0,
+            retry_at: Instant::now(),
+            backoff: FIRST_BACKOFF,
+            failing: false,
+        };
+        let (finish, finished) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("profile-push".into())
+            .spawn(move || pusher.run(&finished))?;
+        tracing::info!(url = %settings.url, service = %settings.service_name, "pushing CPU and heap profiles to Pyroscope");
+        Ok(Self { finish, thread })
+    }
+
+    /// Asks for the last profiles (and what is queued) to be pushed by `deadline`.
+    pub fn finish(&self, deadline: Instant) {
+        let _ = self.finish.send(deadline);
+    }
+
+    /// Waits for the pusher to end (after [`Self::finish`], by its deadline).
+    pub fn join(self) {
+        drop(self.finish);
+        let _ = self.thread.join();
+    }
+}
+
+/// A push waiting to be sent: the profile type and the compressed request.
+struct Pending {
+    profile_type: &'static str,
+    body: Vec<u8>,
+}
+
+/// Pushes waiting to be sent, oldest first, bounded by count and bytes.
+#[derive(Default)]
+struct Queue {
+    pushes: VecDeque<Pending>,
+    bytes: usize,
+}
+
+impl Queue {
+    /// Adds a push; returns how many of the oldest were dropped to make room.
+    fn add(&mut self, pending: Pending) -> u64 {
+        let mut dropped = 0;
+        while !self.pushes.is_empty()
+            && (self.pushes.len() >= QUEUE_PROFILES
+                || self.bytes + pending.body.len() > QUEUE_BYTES)
+        {
+            self.pop();
+            dropped += 1;
+        }
+        self.bytes += pending.body.len();
+        self.pushes.push_back(pending);
+        dropped
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let pending = self.pushes.pop_front()?;
+        self.bytes -= pending.body.len();
+        Some(pending)
+    }
+}
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    /// The server could not be reached, or failed: worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server refused the push as bad (a 4xx other than 408 and 429): retrying cannot help.
+    #[error("refused with {0}")]
+    Refused(u16),
+}
+
+struct Pusher {
+    endpoint: String,
+    labels: Vec<(&'static str, String)>,
+    cpu: Option<(broadcast::Receiver<Arc<CpuWindow>>, DemandGuard)>,
+    cpu_every: Duration,
+    heap_every: Duration,
+    symbols: Arc<Symbolizer>,
+    stats: Arc<PushStats>,
+    queue: Queue,
+    sequence: u64,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Whether the last push failed (warnings are logged on the change, not per push).
+    failing: bool,
+}
+
+impl Pusher {
+    fn run(mut self, finish: &mpsc::Receiver<Instant>) {
+        // Built here: a blocking client must not be created inside the async runtime.
+        let client = match reqwest::blocking::Client::builder()
+            .timeout(PUSH_TIMEOUT)
+            .build()
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the profile push client; no profiles will be pushed");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let (mut next_cpu, mut next_heap) = (started + self.cpu_every, started + self.heap_every);
+        loop {
+            let mut wake = next_cpu.min(next_heap);
+            if !self.queue.pushes.is_empty() {
+                wake = wake.min(self.retry_at);
+            }
+            let deadline = match finish.recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
+                Ok(deadline) => Some(deadline),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Some(Instant::now() + PUSH_TIMEOUT),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+            };
+            if let Some(deadline) = deadline {
+                self.last_push(&client, deadline);
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_cpu {
+                self.collect_cpu(false);
+                next_cpu = now + self.cpu_every;
+            }
+            if now >= next_heap {
+                self.collect_heap();
+                next_heap = now + self.heap_every;
+            }
+            if now >= self.retry_at {
+                self.send_queued(&client, None);
+            }
+        }
+    }
+
+    /// The windows since the last push and a last heap profile, then everything queued, by
+    /// `deadline`.
+    fn last_push(&mut self, client: &reqwest::blocking::Client, deadline: Instant) {
+        self.collect_cpu(true);
+        self.collect_heap();
+        let profiles = self.queue.pushes.len();
+        self.send_queued(client, Some(deadline));
+        let left = self.queue.pushes.len();
+        if left == 0 {
+            tracing::info!(profiles, "pushed the last profiles before exit");
+        } else {
+            tracing::warn!(
+                pushed = profiles - left,
+                left,
+                "could not push every profile before exit"
+            );
+        }
+    }
+
+    /// Queues a CPU profile of the windows since the last one. With `last`, it first waits (at
+    /// most [`LAST_WINDOW_WAIT`]) for the partial window the sampler publishes when it stops.
+    fn collect_cpu(&mut self, last: bool) {
+        let Some((windows, _)) = self.cpu.as_mut() else {
+            return;
+        };
+        let waited = Instant::now() + LAST_WINDOW_WAIT;
+        let mut collected = Vec::new();
+        loop {
+            match windows.try_recv() {
+                Ok(window) => {
+                    let partial = window.duration < cpu::WINDOW;
+                    collected.push(window);
+                    if last && partial {
+                        break;
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "CPU windows were dropped before a push");
+                }
+                Err(broadcast::error::TryRecvError::Empty) if last && Instant::now() < waited => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => break,
+            }
+        }
+        if collected.is_empty() {
+            return;
+        }
+        let frames = self.symbols.resolve(cpu::lookup_addresses(&collected));
+        let profile = cpu::build_profile(&collected, &frames);
+        self.enqueue(CPU_PROFILE, encode_gzip(&profile));
+    }
+
+    fn collect_heap(&mut self) {
+        match heap::dump(&self.symbols) {
+            Ok(mut profile) => {
+                profile.time_nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_nanos() as i64);
+                self.enqueue(HEAP_PROFILE, encode_gzip(&profile));
+            }
+            Err(error) => tracing::warn!(%error, "no heap profile to push this round"),
+        }
+    }
+
+    /// Wraps a gzipped pprof profile in a push request and queues it.
+    fn enqueue(&mut self, profile_type: &'static str, raw_profile: Vec<u8>) {
+        self.sequence += 1;
+        let labels = std::iter::once(("__name__", profile_type.to_owned()))
+            .chain(
+                self.labels
+                    .iter()
+                    .map(|(name, value)| (*name, value.clone())),
+            )
+            .map(|(name, value)| LabelPair {
+                name: name.to_owned(),
+                value,
+            })
+            .collect();
+        let request = PushRequest {
+            series: vec![RawProfileSeries {
+                labels,
+                samples: vec![RawSample {
+                    raw_profile,
+                    id: format!("{}-{}", std::process::id(), self.sequence),
+                }],
+            }],
+        };
+        let body = gzip(&request.encode_to_vec());
+        let dropped = self.queue.add(Pending { profile_type, body });
+        if dropped > 0 {
+            self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::debug!(dropped, "profile queue full: the oldest were dropped");
+        }
+        self.stats
+            .queued
+            .store(self.queue.pushes.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Sends queued pushes, oldest first, until one fails (then waits for the backoff) or, with a
+    /// deadline, until it passes.
+    fn send_queued(&mut self, client: &reqwest::blocking::Client, deadline: Option<Instant>) {
+        while let Some(pending) = self.queue.pushes.front() {
+            let timeout = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => PUSH_TIMEOUT,
+            };
+            if timeout.is_zero() {
+                break;
+            }
+            match post(client, &self.endpoint, &pending.body, timeout) {
+                Ok(()) => {
+                    self.queue.pop();
+                    self.backoff = FIRST_BACKOFF;
+                    if self.failing {
+                        self.failing = false;
+                        tracing::info!(
+                            queued = self.queue.pushes.len(),
+                            "profile push works again; sending what the outage kept"
+                        );
+                    }
+                }
+                Err(PushError::Refused(status)) => {
+                    let profile_type = pending.profile_type;
+                    self.queue.pop();
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        status,
+                        profile_type,
+                        "Pyroscope refused a profile; dropped it"
+                    );
+                }
+                Err(error) => {
+                    if !self.failing {
+                        self.failing = true;
+                        tracing::warn!(%error, queued = self.queue.pushes.len(), "profile push failing; keeping profiles to retry with backoff");
+                    }
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+        self.stats
+            .queued
+            .store(self.queue.pushes.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn post(
+    client: &reqwest::blocking::Client,
+    endpoint: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let response = client
+        .post(endpoint)
+        .header("Content-Type", "application/proto")
+        .header("Content-Encoding", "gzip")
+        .header(
+            "User-Agent",
+            concat!("leakfinder-profiling/", env!("CARGO_PKG_VERSION")),
+        )
+        .timeout(timeout)
+        .body(body.to_vec())
+        .send()
+        .map_err(|error| PushError::Unavailable(error.without_url().to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        Err(PushError::Refused(status.as_u16()))
+    } else {
+        Err(PushError::Unavailable(format!("status {status}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(bytes: usize) -> Pending {
+        Pending {
+            profile_type: HEAP_PROFILE,
+            body: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn the_queue_drops_its_oldest_past_its_count_or_its_bytes() {
+        let mut queue = Queue::default();
+        for _ in 0..QUEUE_PROFILES {
+            assert_eq!(queue.add(pending(10)), 0);
+        }
+        assert_eq!(queue.add(pending(10)), 1, "one too many by count");
+        assert_eq!(queue.pushes.len(), QUEUE_PROFILES);
+        assert_eq!(queue.bytes, QUEUE_PROFILES * 10);
+        // One push of nearly the whole budget pushes out all but what still fits beside it.
+        assert_eq!(
+            queue.add(pending(QUEUE_BYTES - 25)) as usize,
+            QUEUE_PROFILES - 2
+        );
+        assert_eq!(queue.bytes, QUEUE_BYTES - 5);
+        assert_eq!(queue.pushes.len(), 3);
+        // A push bigger than the budget alone is still kept (never an empty queue by dropping).
+        queue.add(pending(QUEUE_BYTES + 1));
+        assert_eq!(queue.pushes.len(), 1);
+        while queue.pop().is_some() {}
+        assert_eq!(queue.bytes, 0);
+    }
+}

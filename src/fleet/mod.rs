@@ -1,0 +1,293 @@
+//! `leakfinder fleet --pyroscope URL`: the leak detector over a whole fleet, on the profile
+//! store it already runs. No pod is touched: every service's heap (and goroutine) profiles are
+//! read back from Pyroscope, one push window at a time, and run through the same per-site
+//! analysis and site rules as `leakfinder scan`.
+//!
+//! - [`plan`] says which services and windows to ask for (pure);
+//! - [`client`] asks Pyroscope's query API, with bounded, panic-free decoding (I/O);
+//! - [`service`] folds one service's windows into its series as they arrive (a window's
+//!   profile is dropped once folded, so memory is bounded per service);
+//! - [`report`] ranks and prints the findings, each with a `profilecli` query (pure);
+//! - [`watch`] is `--every`: a scan per period, exported as OTLP metrics.
+//!
+//! Heap profiles are snapshots: merging a range *sums* them, so each query covers one push
+//! window (`--window`, 15 s by default, the push interval of Pyroscope's agents).
+//!
+//! Exit codes, as for `scan`: 0 when nothing leaks, 1 when leaks are found (even if some
+//! services failed), 2 on error (Pyroscope down, bad arguments, or services that failed with no
+//! leak found elsewhere: a clean verdict is not given for what was not read).
+
+pub mod client;
+pub mod plan;
+pub mod report;
+pub mod service;
+pub mod watch;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use client::{Auth, Client, QueryError};
+use plan::{PlanError, Range, Shard};
+use report::{FleetReport, ServiceReport};
+
+use leakfinder_detector::scan::parse_duration;
+
+/// The `fleet` command's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Pyroscope's base URL (`http://pyroscope:4040`).
+    #[arg(long, env = "LEAKFINDER_FLEET_PYROSCOPE")]
+    pub pyroscope: String,
+    /// Only services whose `service_name` this regular expression matches.
+    #[arg(long, env = "LEAKFINDER_FLEET_SERVICES", value_parser = parse_regex)]
+    pub services: Option<regex::Regex>,
+    /// How far back from now to look (default 30m). Not with --from/--to.
+    #[arg(long, env = "LEAKFINDER_FLEET_SINCE", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
+    pub since: Option<Duration>,
+    /// Start of the range: RFC 3339 or unix milliseconds.
+    #[arg(long, value_parser = parse_time, requires = "to")]
+    pub from: Option<i64>,
+    /// End of the range: RFC 3339 or unix milliseconds.
+    #[arg(long, value_parser = parse_time, requires = "from")]
+    pub to: Option<i64>,
+    /// One query per window per profile type: the agents' push interval (heap profiles are
+    /// snapshots, and merging a longer range sums them).
+    #[arg(long, env = "LEAKFINDER_FLEET_WINDOW", default_value = "15s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Print the report as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Services scanned at once (1 to 256).
+    #[arg(long, env = "LEAKFINDER_FLEET_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Scan only this instance's share of the services: `N/M` (1 <= N <= M).
+    #[arg(long, env = "LEAKFINDER_FLEET_SHARD", default_value = "1/1", value_parser = parse_shard)]
+    pub shard: Shard,
+    /// A bearer token for Pyroscope (or a proxy in front of it).
+    #[arg(
+        long,
+        env = "LEAKFINDER_FLEET_TOKEN",
+        conflicts_with = "basic_auth",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Basic auth for Pyroscope, `user:password`.
+    #[arg(long, env = "LEAKFINDER_FLEET_BASIC_AUTH", hide_env_values = true)]
+    pub basic_auth: Option<String>,
+    /// The tenant (`X-Scope-OrgID`).
+    #[arg(long, env = "LEAKFINDER_FLEET_TENANT")]
+    pub tenant: Option<String>,
+    /// Watch: scan the last --since every this long, until SIGTERM, and export the findings as
+    /// OTLP metrics (`leakfinder_fleet_suspects`, `leakfinder_fleet_heap_growth_bytes_per_second`,
+    /// `leakfinder_fleet_goroutine_growth_per_second`) to OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, env = "LEAKFINDER_FLEET_EVERY", value_parser = parse_duration)]
+    pub every: Option<Duration>,
+}
+
+fn parse_regex(text: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(text).map_err(|error| error.to_string())
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    plan::parse_time(text).map_err(|error| error.to_string())
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    Shard::parse(text).map_err(|error| error.to_string())
+}
+
+/// Why a fleet scan could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The range or window does not work.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Listing the services failed.
+    #[error("cannot list the services: {0}")]
+    Listing(#[source] QueryError),
+    /// `--basic-auth` is not `user:password`.
+    #[error("--basic-auth must be user:password")]
+    BasicAuth,
+    /// The client could not be built.
+    #[error(transparent)]
+    Client(QueryError),
+    /// No service pushed in the range.
+    #[error("Pyroscope lists no service in the range{}", .tenant.as_deref().map(|t| format!(" for tenant {t:?} (is the tenant right?)")).unwrap_or_default())]
+    NoServices {
+        /// The tenant asked for.
+        tenant: Option<String>,
+    },
+    /// Services exist, but none is this instance's.
+    #[error("none of the {listed} services matches --services and --shard")]
+    NoneSelected {
+        /// Services listed.
+        listed: usize,
+    },
+}
+
+impl FleetArgs {
+    /// The client these arguments describe.
+    pub fn client(&self) -> Result<Client, FleetError> {
+        let auth = match (&self.token, &self.basic_auth) {
+            (Some(token), _) => Auth::Bearer(token.clone()),
+            (None, Some(pair)) => {
+                let (user, password) = pair.split_once(':').ok_or(FleetError::BasicAuth)?;
+                Auth::Basic {
+                    user: user.to_owned(),
+                    password: password.to_owned(),
+                }
+            }
+            (None, None) => Auth::None,
+        };
+        let tenant = self.tenant.clone().filter(|t| !t.is_empty());
+        Client::new(&self.pyroscope, auth, tenant).map_err(FleetError::Client)
+    }
+
+    /// The range to scan, with "now" passed in for `--since`.
+    pub fn range(&self, now_ms: i64) -> Result<Range, PlanError> {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => Range::new(from, to, self.window),
+            _ => Range::since(
+                now_ms,
+                self.since.unwrap_or(Duration::from_secs(30 * 60)),
+                self.window,
+            ),
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}
+
+/// Runs `leakfinder fleet` and returns its exit code. `config` says where watch mode exports.
+pub fn run(args: &FleetArgs, config: &crate::config::Config) -> ExitCode {
+    if let Some(every) = args.every {
+        return watch::run(args, every, config);
+    }
+    let outcome = args
+        .client()
+        .and_then(|client| scan_fleet(&client, args, &args.range(now_ms())?));
+    match outcome {
+        Ok(report) => {
+            print(&report, args.json);
+            if report.leaks() > 0 {
+                ExitCode::from(1)
+            } else if report.errors() > 0 {
+                eprintln!(
+                    "leakfinder fleet: {} service(s) could not be scanned",
+                    report.errors()
+                );
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => {
+            eprintln!("leakfinder fleet: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print(report: &FleetReport, json: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let json = serde_json::to_string(report).expect("the report serialises");
+        let _ = writeln!(stdout, "{json}");
+    } else {
+        let _ = write!(stdout, "{}", report::render(report));
+    }
+}
+
+/// Lists the services, scans this instance's share of them on a pool of `--concurrency`
+/// workers, and ranks the outcome.
+pub fn scan_fleet(
+    client: &Client,
+    args: &FleetArgs,
+    range: &Range,
+) -> Result<FleetReport, FleetError> {
+    let listed = client
+        .label_values("service_name", &[], range.from, range.to)
+        .map_err(FleetError::Listing)?;
+    if listed.is_empty() {
+        return Err(FleetError::NoServices {
+            tenant: client.tenant().map(str::to_owned),
+        });
+    }
+    let services = plan::select(&listed, args.services.as_ref(), args.shard);
+    if services.is_empty() {
+        return Err(FleetError::NoneSelected {
+            listed: listed.len(),
+        });
+    }
+    let services = scan_services(client, &services, range, usize::from(args.concurrency));
+    let mut report = FleetReport {
+        pyroscope: client.base().to_owned(),
+        from: plan::format_rfc3339(range.from),
+        to: plan::format_rfc3339(range.to),
+        window_seconds: range.window.as_secs_f64(),
+        listed: listed.len(),
+        services,
+        queries: client.queries(),
+    };
+    report.rank();
+    Ok(report)
+}
+
+/// Scans `services` on `workers` threads, each taking the next service when done with one.
+pub fn scan_services(
+    client: &Client,
+    services: &[String],
+    range: &Range,
+    workers: usize,
+) -> Vec<ServiceReport> {
+    let next = AtomicUsize::new(0);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, services.len().max(1)) {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || {
+                while let Some(service) = services.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let report = scan_one(client, service, range);
+                    if sender.send(report).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    drop(sender);
+    receiver.into_iter().collect()
+}
+
+fn scan_one(client: &Client, service: &str, range: &Range) -> ServiceReport {
+    match service::scan(client, service, range) {
+        Ok(scanned) => ServiceReport {
+            service: service.to_owned(),
+            findings: scanned
+                .findings
+                .into_iter()
+                .map(|finding| {
+                    report::locate(finding, service, range, client.base(), client.tenant())
+                })
+                .collect(),
+            heap_windows: scanned.heap_windows,
+            goroutine_windows: scanned.goroutine_windows,
+            error: None,
+        },
+        Err(error) => ServiceReport {
+            service: service.to_owned(),
+            findings: Vec::new(),
+            heap_windows: 0,
+            goroutine_windows: 0,
+            error: Some(error.to_string()),
+        },
+    }
+}
