@@ -20,10 +20,10 @@ FROM chef AS builder
 # would not be reused.
 COPY .cargo .cargo
 COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json --bin leakfinder
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin leakfinder-lab
 COPY . .
-RUN cargo build --release --locked --bin leakfinder \
-    && target/release/leakfinder symbols
+RUN cargo build --release --locked --bin leakfinder-lab \
+    && target/release/leakfinder-lab symbols
 
 FROM debian:12.12-slim AS runtime
 # libc's detached symbols: Debian strips libc's own, and without them the CPU profile's hottest
@@ -35,12 +35,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libc6-dbg \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home leakfinder
-# The binary and its symbol table (written by `leakfinder symbols` above, matched by build ID),
+# The binary and its symbol table (written by `leakfinder-lab symbols` above, matched by build ID),
 # so profiles are symbolised without reading debug info.
-COPY --from=builder /app/target/release/leakfinder /app/target/release/leakfinder.symbols /usr/local/bin/
+COPY --from=builder /app/target/release/leakfinder-lab /app/target/release/leakfinder-lab.symbols /usr/local/bin/
 USER 10001
 ENV LEAKFINDER_ADDR=0.0.0.0:8080
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=10 \
-    CMD ["leakfinder", "healthcheck"]
-ENTRYPOINT ["leakfinder"]
+    CMD ["leakfinder-lab", "healthcheck"]
+ENTRYPOINT ["leakfinder-lab"]

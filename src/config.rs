@@ -21,7 +21,7 @@ pub const MAX_LEAK_BYTES: u64 = 4 * GIB;
 
 /// Command-line and environment configuration of the service.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "leakfinder", version, about, long_about = None)]
+#[command(name = "leakfinder-lab", version, about, long_about = None)]
 pub struct Config {
     /// What to do instead of serving.
     #[command(subcommand)]

@@ -5,6 +5,10 @@
 //! tasks forever on a channel nobody reads, leak 3 fills a global mutex-guarded map. Each is
 //! started, stopped and reset over an OpenAPI-described HTTP API with Swagger UI.
 //!
+//! The profiles, their HTTP routes and the leak analysis are the workspace's crates
+//! (`leakfinder-profiling`, `leakfinder-http`, `leakfinder-detector`, over `leakfinder-pprof`);
+//! this crate uses them through their public API only.
+//!
 //! # Layout
 //! - [`config`] — the typed command-line and environment configuration.
 //! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.

@@ -13,13 +13,16 @@ use crate::helpers::{TestApp, spawn_app};
 const TRIED: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "TRACE"];
 
 /// The routes that are not OpenAPI operations, with what they serve.
-const PLAIN: [(&str, &[&str]); 6] = [
+const PLAIN: [(&str, &[&str]); 9] = [
     ("/openapi.json", &["GET"]),
     ("/openapi.yaml", &["GET"]),
     ("/swagger/", &["GET"]),
     ("/swagger", &["GET"]),
     ("/debug/pprof/", &["GET"]),
     ("/debug/pprof/heap", &["GET"]),
+    ("/debug/pprof/cmdline", &["GET"]),
+    ("/debug/pprof/symbol", &["GET"]),
+    ("/debug/pprof/allocs", &["GET"]),
 ];
 
 /// What `Allow` must say for a route serving `declared`: HEAD wherever GET is served (poem answers

@@ -470,6 +470,53 @@ async fn bad_profile_parameters_get_a_400_and_the_index_lists_every_profile() {
     );
 }
 
+#[tokio::test]
+async fn cmdline_symbol_and_allocs_answer_as_go_s_do_or_say_why_not() {
+    let app = spawn_app(&[]);
+    let cmdline = app.get("/debug/pprof/cmdline").await.text().await.unwrap();
+    let arguments: Vec<&str> = cmdline.split('\0').collect();
+    assert!(arguments[0].ends_with("leakfinder-lab"), "{cmdline:?}");
+    // Go's symbol protocol, on an address the heap profile names.
+    let heap = app.get("/debug/pprof/heap").await.bytes().await.unwrap();
+    let profile = leakfinder_pprof::decode(&heap, 64 << 20).unwrap();
+    let function_name = |id: u64| {
+        let function = profile.function.iter().find(|f| f.id == id).unwrap();
+        profile.string_table[function.name as usize].clone()
+    };
+    let location = profile
+        .location
+        .iter()
+        .find(|location| location.address != 0 && !location.line.is_empty())
+        .expect("a heap location with an address and lines");
+    let innermost = function_name(location.line[0].function_id);
+    let answer = app
+        .get(&format!(
+            "/debug/pprof/symbol?{:#x}+0x1",
+            location.address - 1
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut lines = answer.lines();
+    assert_eq!(lines.next(), Some("num_symbols: 1"), "{answer}");
+    assert_eq!(
+        lines.next(),
+        Some(format!("{:#x} {innermost}", location.address - 1).as_str()),
+        "{answer}"
+    );
+    assert_eq!(lines.next(), None, "0x1 names nothing: {answer}");
+    let bad = app.get_json("/debug/pprof/symbol?0xzz", 400).await;
+    assert_eq!(bad["error"], "invalid address: \"0xzz\"");
+    let allocs = app.get_json("/debug/pprof/allocs", 501).await;
+    assert!(
+        allocs["valid"].as_str().unwrap().contains("heap"),
+        "{allocs}"
+    );
+    let missing = app.get_json("/debug/pprof/threadcreate", 404).await;
+    assert_eq!(missing["status"], 404);
+}
+
 #[test]
 fn the_readme_walkthrough_names_what_the_profiles_show() {
     let readme =

@@ -63,6 +63,27 @@ fn compose_v2_accepts_the_stack() {
         "http://pyroscope:4040"
     );
     assert_eq!(fleet["command"][0], "fleet");
+    // `go tool pprof` on the published port reaches the service from Docker's bridge gateway, a
+    // private address that /debug/pprof refuses by default: the allow-list, parsed as the service
+    // parses it, admits the gateway and not the internet.
+    let allow = services["leakfinder"]["environment"]["LEAKFINDER_PPROF_ALLOW"]
+        .as_str()
+        .unwrap();
+    let config = <leakfinder::config::Config as clap::Parser>::try_parse_from([
+        "leakfinder-lab",
+        "--pprof-allow",
+        allow,
+    ])
+    .unwrap();
+    let access = config.pprof_access();
+    for gateway in ["172.17.0.1", "172.18.0.1", "192.168.65.1", "fd00::1"] {
+        assert_eq!(
+            access.check(gateway.parse().ok(), None),
+            Ok(()),
+            "{gateway}"
+        );
+    }
+    assert!(access.check("8.8.8.8".parse().ok(), None).is_err());
     for (name, service) in services {
         if let Some(image) = service["image"].as_str() {
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
@@ -239,9 +260,9 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
     assert!(dockerfile.contains("cargo chef cook"), "dependency caching");
     assert!(dockerfile.contains("USER 10001") && dockerfile.contains("HEALTHCHECK"));
     // The symbol table is written after the build and copied beside the binary it was built for.
-    assert!(dockerfile.contains("&& target/release/leakfinder symbols"));
+    assert!(dockerfile.contains("&& target/release/leakfinder-lab symbols"));
     assert!(dockerfile.contains(
-        "COPY --from=builder /app/target/release/leakfinder /app/target/release/leakfinder.symbols /usr/local/bin/"
+        "COPY --from=builder /app/target/release/leakfinder-lab /app/target/release/leakfinder-lab.symbols /usr/local/bin/"
     ));
 }
 

@@ -158,8 +158,19 @@ fn spawner_name(key: &SiteKey, spawner: &[u64], frames: &FramesByAddress) -> Opt
         .iter()
         .filter_map(|&address| frames.get(&caller(address)))
         .flat_map(|frames| frames.iter())
-        .find(|frame| frame.line == key.line && *frame.file == *key.file)
+        .find(|frame| frame.line == key.line && same_file(&frame.file, &key.file))
         .map(|frame| Arc::clone(&frame.function))
+}
+
+/// Whether two paths name the same source file, one perhaps relative to where the other was
+/// built: rustc's `file!()` (which a spawn `Location` holds) is relative to the workspace root,
+/// while debug info's paths are absolute unless the symboliser has a source root.
+fn same_file(a: &str, b: &str) -> bool {
+    let ends_with = |long: &str, short: &str| {
+        long.strip_suffix(short)
+            .is_some_and(|head| head.is_empty() || head.ends_with('/'))
+    };
+    ends_with(a, b) || ends_with(b, a)
 }
 
 /// The `created by` entry of a site: a frame of its own, at an address no code has (the site's
@@ -396,6 +407,15 @@ pub fn render_text(tasks: &[TaskStack], debug: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spawn_site_s_file_matches_its_debug_info_path_relative_or_absolute() {
+        assert!(same_file("src/leaks/channel.rs", "src/leaks/channel.rs"));
+        assert!(same_file("/work/app/examples/axum.rs", "examples/axum.rs"));
+        assert!(same_file("examples/axum.rs", "/work/app/examples/axum.rs"));
+        assert!(!same_file("/work/app/examples/xaxum.rs", "axum.rs"));
+        assert!(!same_file("/work/app/src/a.rs", "src/b.rs"));
+    }
 
     #[test]
     fn waits_are_classified_by_the_tokio_frames_nearest_the_leaf() {
