@@ -263,6 +263,33 @@ mod tests {
     }
 
     #[test]
+    fn pprof_access_is_loopback_unless_networks_or_a_token_say_more() {
+        let peer = |text: &str| text.parse().ok();
+        let default = parse(&[]).unwrap().pprof_access();
+        assert_eq!(default.check(peer("127.0.0.1"), None), Ok(()));
+        assert!(default.check(peer("10.1.2.3"), None).is_err());
+        let opened = parse(&[
+            "--pprof-allow",
+            "10.0.0.0/8,fd00::/8",
+            "--pprof-token",
+            "t0k",
+        ])
+        .unwrap()
+        .pprof_access();
+        assert_eq!(opened.check(peer("10.1.2.3"), None), Ok(()));
+        assert_eq!(opened.check(peer("fd00::7"), None), Ok(()));
+        assert!(opened.check(peer("11.0.0.1"), None).is_err());
+        assert_eq!(opened.check(peer("11.0.0.1"), Some("Bearer t0k")), Ok(()));
+        let error = parse(&["--pprof-allow", "10.0.0.0/33"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("is not an IP address or a network"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn defaults_match_the_documented_table() {
         let config = parse(&[]).expect("no arguments is a valid configuration");
         assert_eq!(config.addr, "127.0.0.1:8080".parse().unwrap());

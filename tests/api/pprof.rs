@@ -483,10 +483,13 @@ async fn cmdline_symbol_and_allocs_answer_as_go_s_do_or_say_why_not() {
         let function = profile.function.iter().find(|f| f.id == id).unwrap();
         profile.string_table[function.name as usize].clone()
     };
+    // A location that is no sample's leaf keeps all its inlined frames (the leaf's allocator
+    // frames are trimmed), so its first line is the innermost function at its address.
+    let leaves: BTreeSet<u64> = profile.sample.iter().map(|s| s.location_id[0]).collect();
     let location = profile
         .location
         .iter()
-        .find(|location| location.address != 0 && !location.line.is_empty())
+        .find(|l| l.address != 0 && !l.line.is_empty() && !leaves.contains(&l.id))
         .expect("a heap location with an address and lines");
     let innermost = function_name(location.line[0].function_id);
     let answer = app

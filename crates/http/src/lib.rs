@@ -96,7 +96,7 @@ pub struct Reply {
 }
 
 impl Pprof {
-    /// The routes over `profilers`, for loopback peers only until [`Self::access`] says more.
+    /// The routes over `profilers`, for loopback peers only ([`Self::with_access`] admits more).
     pub fn new(profilers: Arc<Profilers>) -> Self {
         Self::with_access(profilers, Access::loopback_only())
     }
@@ -144,7 +144,7 @@ impl Pprof {
                 let mut reply = Reply::error(
                     405,
                     &format!("{method} is not served at this route"),
-                    "profiles are read with GET (or HEAD)",
+                    &format!("this route serves {ALLOW}"),
                 );
                 reply.headers.push(("allow", ALLOW.to_owned()));
                 return reply;
