@@ -30,7 +30,7 @@
 //! [`symbols::table`]).
 //!
 //! # Layout
-//! - [`heap`] and [`jemalloc`]: the heap profile from jemalloc's dump.
+//! - [`heap`] and [`mod@jemalloc`]: the heap profile from jemalloc's dump.
 //! - [`cpu`] and [`sigprof`]: the one SIGPROF sampler and the CPU profile of its windows.
 //! - [`tasks`]: the task profile (spawn-site hooks, task roots, frame-pointer walks).
 //! - [`symbols`]: addresses to functions, files and lines (DWARF, a prebuilt table, libc's

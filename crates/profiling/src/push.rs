@@ -63,10 +63,20 @@ pub struct PushStats {
 }
 
 /// The running pusher. [`Self::finish`] asks for the last push; [`Self::join`] waits for it.
+/// Dropping it does both, giving the last push [`DROP_DEADLINE`].
 pub struct ProfilePush {
     finish: mpsc::Sender<Instant>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
+
+/// The time a dropped [`ProfilePush`] gives its last push.
+pub const DROP_DEADLINE: Duration = Duration::from_secs(2);
+/// The default interval of CPU pushes.
+pub const DEFAULT_CPU_EVERY: Duration = Duration::from_secs(10);
+/// The default interval of heap pushes.
+pub const DEFAULT_HEAP_EVERY: Duration = Duration::from_secs(15);
+/// The environment variable [`ProfilePush::from_env`] reads Pyroscope's URL from.
+pub const SERVER_ADDRESS_ENV: &str = "PYROSCOPE_SERVER_ADDRESS";
 
 /// Where and how often to push, and the labels every profile carries.
 #[derive(Debug, Clone)]
@@ -75,7 +85,7 @@ pub struct PushSettings {
     pub url: String,
     /// The `service_name` label: the application in Pyroscope's UI.
     pub service_name: String,
-    /// The `service_version` label.
+    /// The `service_version` label (left out when empty).
     pub service_version: String,
     /// How often CPU windows are pushed.
     pub cpu_every: Duration,
@@ -83,7 +93,34 @@ pub struct PushSettings {
     pub heap_every: Duration,
 }
 
+impl PushSettings {
+    /// Pushes to `url` as `service_name`, CPU every 10 s and heap every 15 s, with no version.
+    pub fn new(url: &str, service_name: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            service_name: service_name.to_owned(),
+            service_version: String::new(),
+            cpu_every: DEFAULT_CPU_EVERY,
+            heap_every: DEFAULT_HEAP_EVERY,
+        }
+    }
+}
+
 impl ProfilePush {
+    /// Starts pushing to [`SERVER_ADDRESS_ENV`] (`PYROSCOPE_SERVER_ADDRESS`, Pyroscope's base
+    /// URL) as `service_name` with [`PushSettings::new`]'s defaults, if it is set and not empty;
+    /// `None` otherwise. Keep the value alive while the service runs: dropping it pushes the
+    /// last profiles.
+    pub fn from_env(service_name: &str, profilers: &Profilers) -> std::io::Result<Option<Self>> {
+        match std::env::var(SERVER_ADDRESS_ENV) {
+            Ok(url) if !url.trim().is_empty() => {
+                let settings = PushSettings::new(url.trim(), service_name);
+                Self::start(settings, profilers, Arc::default()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Starts the push thread: CPU windows from `profilers`' sampler (held in demand while the
     /// push runs) and heap profiles, symbolised by `profilers`' symboliser, counted in `stats`.
     pub fn start(
@@ -100,10 +137,13 @@ impl ProfilePush {
         }
         let pusher = Pusher {
             endpoint: format!("{}{PUSH_PATH}", settings.url),
-            labels: vec![
+            labels: [
                 ("service_name", settings.service_name.clone()),
                 ("service_version", settings.service_version),
-            ],
+            ]
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect(),
             cpu,
             cpu_every: settings.cpu_every,
             heap_every: settings.heap_every,
@@ -120,7 +160,10 @@ impl ProfilePush {
             .name("profile-push".into())
             .spawn(move || pusher.run(&finished))?;
         tracing::info!(url = %settings.url, service = %settings.service_name, "pushing CPU and heap profiles to Pyroscope");
-        Ok(Self { finish, thread })
+        Ok(Self {
+            finish,
+            thread: Some(thread),
+        })
     }
 
     /// Asks for the last profiles (and what is queued) to be pushed by `deadline`.
@@ -128,10 +171,24 @@ impl ProfilePush {
         let _ = self.finish.send(deadline);
     }
 
-    /// Waits for the pusher to end (after [`Self::finish`], by its deadline).
-    pub fn join(self) {
-        drop(self.finish);
-        let _ = self.thread.join();
+    /// Waits for the pusher to end (after [`Self::finish`], by its deadline; without it, the last
+    /// push gets the usual push timeout).
+    pub fn join(mut self) {
+        self.wait(Instant::now() + PUSH_TIMEOUT);
+    }
+
+    /// Asks for the last push by `deadline` (unless an earlier [`Self::finish`] did) and waits.
+    fn wait(&mut self, deadline: Instant) {
+        if let Some(thread) = self.thread.take() {
+            self.finish(deadline);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ProfilePush {
+    fn drop(&mut self) {
+        self.wait(Instant::now() + DROP_DEADLINE);
     }
 }
 

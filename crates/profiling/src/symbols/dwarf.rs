@@ -4,7 +4,7 @@
 //!
 //! A unit's first read streams its DIEs, skipping every function's subtree, until it meets the
 //! function holding the address, and runs its line program until the address's sequence; a
-//! [`UnitMap`] keeps what was learnt (each function's DIE, each sequence's start), so a later
+//! `UnitMap` keeps what was learnt (each function's DIE, each sequence's start), so a later
 //! address in the unit reads one function's DIEs and one sequence's rows, and the scans go on
 //! from where they stopped only for an address the map does not cover yet. Each address comes
 //! back with the span around it that shares its frames ([`Resolved::span`]).
@@ -36,8 +36,12 @@ type Reader = EndianSlice<'static, RunTimeEndian>;
 /// unknown). Empty names are filled from the symbol table by the caller of [`DebugInfo::resolve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
+    /// The function or inlined callee, demangled; empty where neither the DWARF nor `.symtab`
+    /// names it.
     pub function: String,
+    /// The source file, as the line program records it (a full path); empty when unknown.
     pub file: String,
+    /// The line in `file`, 0 when unknown.
     pub line: u32,
 }
 
@@ -45,7 +49,9 @@ pub struct RawFrame {
 /// same frames (the same line, in the same inlined calls), so those need no lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// The frames at the address, innermost (inlined) first.
     pub frames: Vec<RawFrame>,
+    /// The addresses around it, itself included, that resolve to the same frames.
     pub span: std::ops::Range<u64>,
 }
 
@@ -896,7 +902,11 @@ mod tests {
             .expect("a return address inside the inlined call");
         let names: Vec<&str> = frames.iter().map(|f| f.function.as_str()).collect();
         assert!(names[1].ends_with("outer_function"), "{frames:#?}");
-        assert!(frames[0].file.ends_with("src/profiling/symbols/dwarf.rs"));
+        assert!(
+            frames[0]
+                .file
+                .ends_with("crates/profiling/src/symbols/dwarf.rs")
+        );
         let source = include_str!("dwarf.rs");
         let line_of = |marker: &str| {
             source

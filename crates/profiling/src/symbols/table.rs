@@ -41,19 +41,44 @@ const MAX_DEPTH: usize = 256;
 /// Why a table cannot be written or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
+    /// A file (the executable, or the table being read or written) could not be opened, read or
+    /// written.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
+    /// The file is not a table of this format (wrong magic, truncated, inconsistent sizes), or
+    /// the executable is not an ELF file.
     #[error("{path} is not a symbol table of this format")]
-    Format { path: PathBuf },
+    Format {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The table carries another build ID than the executable's: it was written for an earlier
+    /// build.
     #[error("{path} was built for another build of the executable")]
-    Stale { path: PathBuf },
+    Stale {
+        /// The table.
+        path: PathBuf,
+    },
+    /// The executable's debug info could not be mapped or read while writing a table.
     #[error("cannot read debug info of {path}: {message}")]
-    DebugInfo { path: PathBuf, message: String },
+    DebugInfo {
+        /// The executable.
+        path: PathBuf,
+        /// What the debug-info reader said.
+        message: String,
+    },
+    /// The executable has no GNU build ID, so no table can be matched to it.
     #[error("{path} has no build ID to match a table with")]
-    NoBuildId { path: PathBuf },
+    NoBuildId {
+        /// The executable.
+        path: PathBuf,
+    },
+    /// A count or an offset (what is named) exceeds the format's 32-bit fields.
     #[error("{0} does not fit this format's 32-bit fields")]
     TooLarge(&'static str),
 }
@@ -118,12 +143,16 @@ fn build_id_in_head(head: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// What [`write`] wrote.
+/// What [`write()`] wrote.
 #[derive(Debug)]
 pub struct Written {
+    /// Runs of addresses sharing their frames, as gathered (before gaps are marked).
     pub segments: usize,
+    /// Functions and inlined calls (each chain of inlining once).
     pub scopes: usize,
+    /// Distinct strings: names and file paths.
     pub strings: usize,
+    /// The size of the file written.
     pub bytes: usize,
 }
 

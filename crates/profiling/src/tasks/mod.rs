@@ -6,7 +6,7 @@
 //! - [`roots`] keeps this service's own task futures reachable, so that each parked one can be
 //!   polled once in tokio's tracing mode to learn the await it is parked at;
 //! - [`walk`] reads those await stacks from frame pointers;
-//! - [`profile`] turns counts, traces and symbolised frames into the pprof profile and Go's text
+//! - [`mod@profile`] turns counts, traces and symbolised frames into the pprof profile and Go's text
 //!   forms (pure).
 //!
 //! tokio's runtime-wide `Handle::dump` is not used: it stops every worker at a barrier and steals

@@ -16,8 +16,13 @@ use super::{DebugInfo, Reader, Tables, UnitMap, demangle, lines, next_scope};
 /// functions and inlined calls they are in, and the files both name (indexes into `files`).
 #[derive(Debug, Default)]
 pub struct UnitCode {
+    /// The functions and inlined calls, each chain of inlining stored once; segments and other
+    /// scopes refer to them by index.
     pub scopes: Vec<CodeScope>,
+    /// The runs of addresses, each in one innermost scope at one file and line; in address
+    /// order within each function, adjacent runs with the same frames merged.
     pub segments: Vec<CodeSegment>,
+    /// The source files (full paths) that segments and scopes name, each once.
     pub files: Vec<String>,
 }
 
@@ -25,19 +30,31 @@ pub struct UnitCode {
 /// into [`UnitCode::scopes`]), and where in that scope it was called.
 #[derive(Debug, Clone)]
 pub struct CodeScope {
+    /// The function's name, demangled (from `.symtab` where the DWARF leaves it bare); empty
+    /// where nothing names it.
     pub name: String,
+    /// The scope this call was inlined into (an index into [`UnitCode::scopes`]); `None` for
+    /// an outermost function.
     pub parent: Option<u32>,
+    /// The file of the call in `parent` (an index into [`UnitCode::files`]), if recorded.
     pub call_file: Option<u32>,
+    /// The line of the call in `parent`, 0 when unknown or for an outermost function.
     pub call_line: u32,
 }
 
 /// Addresses `start..end` are in `scope` (innermost) at `file`:`line`.
 #[derive(Debug)]
 pub struct CodeSegment {
+    /// The first address (a file address of the executable).
     pub start: u64,
+    /// The address just past the last one.
     pub end: u64,
+    /// The innermost function or inlined call (an index into [`UnitCode::scopes`]).
     pub scope: u32,
+    /// The source file of the line row holding these addresses (an index into
+    /// [`UnitCode::files`]); `None` where no row does.
     pub file: Option<u32>,
+    /// The line of that row, 0 when no row holds these addresses.
     pub line: u32,
 }
 
