@@ -198,7 +198,9 @@ fn main() -> std::io::Result<()> {
         let routes = Route::new()
             .at("/debug/pprof/goroutine", get(goroutine))
             .at("/debug/pprof/goroutine.txt", get(goroutine_text))
-            .data(Arc::new(Symbolizer::default()));
+            .data(Arc::new(Symbolizer::with_source_root(env!(
+                "CARGO_MANIFEST_DIR"
+            ))));
         poem::Server::new_with_acceptor(acceptor).run(routes).await
     })
 }

@@ -472,7 +472,8 @@ async fn bad_profile_parameters_get_a_400_and_the_index_lists_every_profile() {
 
 #[tokio::test]
 async fn cmdline_symbol_and_allocs_answer_as_go_s_do_or_say_why_not() {
-    let app = spawn_app(&[]);
+    // A leak, so that the heap profile surely has samples (jemalloc samples at random).
+    let app = leak_alone("slice", 32 << 20).await;
     let cmdline = app.get("/debug/pprof/cmdline").await.text().await.unwrap();
     let arguments: Vec<&str> = cmdline.split('\0').collect();
     assert!(arguments[0].ends_with("leakfinder-lab"), "{cmdline:?}");

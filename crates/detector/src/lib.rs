@@ -1,6 +1,10 @@
 //! The leak detector: watch a live service's heap and task profiles and say which function, at
 //! which line, is leaking how fast, while staying quiet about warm-ups, plateaus and churn.
 //!
+//! It needs no jemalloc and no profiling runtime: only the pprof format, an HTTP client and the
+//! analysis, so `cargo install --path crates/detector` gives the `leakfinder` command alone.
+//!
+//! # Layout
 //! - [`sampler`] fetches profiles over HTTP (I/O only);
 //! - [`frames`] says which frame of a stack is the site: the program's own code (pure);
 //! - [`profile`] reads a profile as the amount retained per site (pure);

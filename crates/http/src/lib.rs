@@ -28,6 +28,11 @@
 //! `Authorization: Bearer <token>`. Others get a 403 (401 for a wrong token). A framework that
 //! does not say who the peer is (a tower stack without `ConnectInfo`) is treated as remote.
 //!
+//! # What it needs and costs
+//! What `leakfinder-profiling` needs (its `jemalloc!()` allocator, `tasks::install` on the
+//! runtime, `--cfg tokio_unstable` and frame pointers, line tables in release); the surface itself
+//! holds no state but the policy, and each request costs what its profile costs.
+//!
 //! # Layout
 //! - [`access`]: who may read profiles (pure).
 //! - [`routes`]: Go's routes and parameters, parsed (pure).

@@ -1,7 +1,15 @@
 //! The pprof wire format (`profile.proto`): its messages, a builder that interns strings,
 //! functions and locations, gzip encoding, and a decoder that refuses oversized input.
 //!
-//! Pure data and encoding: nothing here samples, symbolises or does I/O.
+//! Pure data and encoding: nothing here samples, symbolises or does I/O. It needs prost and
+//! flate2 only, and costs what encoding costs: the detector reads profiles with it without any
+//! profiling runtime.
+//!
+//! # Layout
+//! - this module: the messages ([`Profile`] and its parts), [`ProfileBuilder`], [`encode_gzip`],
+//!   [`decode`];
+//! - [`conventions`]: what writers and readers of leakfinder's profiles agree on (the `created
+//!   by` frame, allocator frames, registry source paths).
 
 #![warn(missing_docs)]
 
