@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod allocs;
 mod config;
 mod detector;
 mod endpoints;

@@ -12,12 +12,12 @@
 //! | route | answers |
 //! |---|---|
 //! | `/debug/pprof/` | an HTML index |
-//! | `heap` | live heap (jemalloc), allocator frames trimmed |
+//! | `heap` | the heap (jemalloc): Go's `alloc_*` and `inuse_*` sample types, the `age` of live memory, allocator frames trimmed |
 //! | `profile?seconds=N` | CPU profile of the next N seconds (1 to 60, default 30) |
 //! | `goroutine?debug=N`, `tasks` | tokio tasks: `debug=0` protobuf, `1` text with counts, `2` every task |
 //! | `cmdline` | the arguments, NUL-separated |
 //! | `symbol?0x1a2b+0x3c4d` | names of addresses, as Go's `symbol` (GET only) |
-//! | `allocs` | 501: jemalloc keeps live allocations only; read `heap` |
+//! | `allocs` | the same profile with `alloc_space` shown by default, as Go's |
 //!
 //! Every error is JSON (`{"status": 400, "error": "...", "valid": "..."}`). GET and HEAD are
 //! served; OPTIONS answers 204, any other method 405, both with `Allow`.
@@ -173,11 +173,23 @@ impl Pprof {
                 Ok(profile) => Reply::profile("heap", &profile),
                 Err(error) => Reply::failure(&error),
             },
-            Route::Allocs => Reply::error(
-                501,
-                "allocs is not collected: jemalloc's profiler samples live allocations only",
-                "read heap (live bytes and objects by allocation site)",
-            ),
+            Route::Allocs => match profilers.heap().await {
+                Ok(mut profile) => {
+                    if leakfinder_profiling::heap::set_default_sample_type(
+                        &mut profile,
+                        "alloc_space",
+                    ) {
+                        Reply::profile("allocs", &profile)
+                    } else {
+                        Reply::error(
+                            501,
+                            "allocs is not collected: jemalloc's sample hooks are not installed, so only live allocations are known",
+                            "read heap (live bytes and objects by allocation site)",
+                        )
+                    }
+                }
+                Err(error) => Reply::failure(&error),
+            },
             Route::Cpu { seconds } => match profilers.cpu(Duration::from_secs(seconds)).await {
                 Ok(profile) => Reply::profile("profile", &profile),
                 Err(error) => Reply::failure(&error),
@@ -287,9 +299,12 @@ code{background:#f4f4f4;padding:0 .2em}</style></head>
 <table>
 <tr><th>Profile</th><th>What it is</th><th>Parameters</th></tr>
 <tr><td><a href="heap">heap</a></td>
-<td>Live heap allocations (jemalloc), sampled every 512 KiB on average, as <code>inuse_space</code>
-bytes and <code>inuse_objects</code>. Allocator frames are trimmed, so flat bytes land on the code
-that allocated.</td><td>none</td></tr>
+<td>Heap allocations (jemalloc), sampled every 512 KiB on average, with Go's sample types:
+<code>inuse_space</code> and <code>inuse_objects</code> (live, the default), <code>alloc_space</code>
+and <code>alloc_objects</code> (everything allocated since the start, freed or not). Every live
+sample carries its <code>age</code> in seconds (<code>go tool pprof -tags</code>;
+<code>-tagfocus=age=300s:</code> keeps memory at least five minutes old). Allocator frames are
+trimmed, so flat bytes land on the code that allocated.</td><td>none</td></tr>
 <tr><td><a href="profile?seconds=5">profile</a></td>
 <td>CPU profile (99 Hz). Overlapping requests share the one sampler's windows.</td>
 <td><code>seconds</code>: 1 to 60, default 30</td></tr>
@@ -305,8 +320,9 @@ of tasks there, labelled with what they wait for (<code>wait</code>), each stack
 <td>none</td></tr>
 <tr><td><a href="symbol">symbol</a></td><td>Function names of addresses, as Go's.</td>
 <td>the addresses: <code>symbol?0x1a2b+0x3c4d</code></td></tr>
-<tr><td>allocs</td><td>Not collected (501): jemalloc samples live allocations only.</td>
-<td></td></tr>
+<tr><td><a href="allocs">allocs</a></td><td>The same profile as heap, showing
+<code>alloc_space</code> by default: everything sampled since the start, freed or not, as Go's.</td>
+<td>none</td></tr>
 </table>
 </body>
 </html>

@@ -16,7 +16,7 @@ pub enum Route {
     Index,
     /// `heap`: the live heap.
     Heap,
-    /// `allocs`: Go's every-allocation profile, which jemalloc does not keep (501).
+    /// `allocs`: the heap profile with `alloc_space` shown by default, as Go's.
     Allocs,
     /// `profile?seconds=N`: a CPU profile of the next N seconds.
     Cpu {

@@ -30,7 +30,8 @@
 //! [`symbols::table`]).
 //!
 //! # Layout
-//! - [`heap`] and [`mod@jemalloc`]: the heap profile from jemalloc's dump.
+//! - [`heap`] and [`mod@jemalloc`]: the heap profile, from jemalloc's sample hooks (what each
+//!   stack allocated and freed, and the age of live memory; [`heap::tracking`]).
 //! - [`cpu`] and [`sigprof`]: the one SIGPROF sampler and the CPU profile of its windows.
 //! - [`tasks`]: the task profile (spawn-site hooks, task roots, frame-pointer walks).
 //! - [`symbols`]: addresses to functions, files and lines (DWARF, a prebuilt table, libc's
@@ -94,6 +95,11 @@ pub struct Profilers {
 impl Profilers {
     /// Starts the profilers whose background work ends when `shutdown` is cancelled.
     pub fn start(shutdown: &CancellationToken) -> Self {
+        // Normally installed before `main` by `jemalloc!()`; this covers an allocator set up
+        // another way (allocations before this call are then not tracked).
+        if let Err(error) = heap::tracking::install() {
+            tracing::warn!(%error, "allocations and ages are not tracked: the heap profile shows live memory only");
+        }
         let cpu = match cpu::CpuSampler::start(shutdown.child_token()) {
             Ok(sampler) => Some(sampler),
             Err(error) => {
@@ -127,6 +133,11 @@ impl Profilers {
     pub async fn heap(&self) -> Result<pprof::Profile, ProfilingError> {
         let symbols = Arc::clone(&self.symbols);
         tokio::task::spawn_blocking(move || heap::dump(&symbols)).await?
+    }
+
+    /// What allocation and age tracking has cost so far, and what its tables hold.
+    pub fn heap_tracking(&self) -> heap::tracking::Stats {
+        heap::tracking::stats()
     }
 
     /// CPU time CPU sampling has cost since start (zero if the sampler never started).
@@ -184,7 +195,9 @@ pub fn thread_cpu_time() -> Duration {
 
 /// Makes jemalloc the global allocator, with its sampling heap profiler on from the first
 /// allocation (`malloc_conf`: `prof:true,prof_active:true,lg_prof_sample:19`, one sample per
-/// 512 KiB on average, as Go's default rate). Put it once, at the top level of the binary crate:
+/// 512 KiB on average, as Go's default rate), and installs allocation and age tracking
+/// ([`heap::tracking`]) before `main`, so every sampled allocation is tracked from the start.
+/// Put it once, at the top level of the binary crate:
 ///
 /// ```ignore
 /// leakfinder_profiling::jemalloc!();
@@ -212,6 +225,17 @@ macro_rules! jemalloc {
                         .as_ptr()
                         .cast::<::core::ffi::c_char>()
                 });
+
+        /// Installs allocation and age tracking (jemalloc's sample hooks) before `main`.
+        #[used]
+        #[allow(unsafe_code)]
+        #[unsafe(link_section = ".init_array")]
+        static LEAKFINDER_TRACK_ALLOCATIONS: extern "C" fn() = {
+            extern "C" fn track_allocations() {
+                let _ = $crate::heap::tracking::install();
+            }
+            track_allocations
+        };
     };
 }
 
