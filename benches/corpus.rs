@@ -27,7 +27,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use helpers::{BINARY, start_listening, twin_leaks};
-use serde_json::Value;
 
 /// Recall the corpus must reach: Go 1.26's own detector found 96% of a comparable corpus.
 const MIN_RECALL: f64 = 0.96;
@@ -235,6 +234,7 @@ fn run(case: Case) -> Verdict {
         .expect("the scan starts");
     let stderr = scan.stderr.take().unwrap();
     let progress = std::thread::spawn(move || {
+        // Progress lines; an older build says "N suspected" when it first suspects a leak.
         let mut detected = None;
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -250,16 +250,18 @@ fn run(case: Case) -> Verdict {
         (detected, lines)
     });
     let output = scan.wait_with_output().expect("the scan runs");
-    let (detected_after, lines) = progress.join().unwrap();
+    let (suspected_after, lines) = progress.join().unwrap();
     let go_leaked = (case.class != TOKIO_CLASS).then(|| go_leak_profile(&url));
     let _ = std::fs::remove_dir_all(&out);
-    let json: Result<Value, _> = serde_json::from_slice(&output.stdout);
-    let (findings, error) = match json {
-        Ok(json) => (
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // This build prints each finding the moment it is confirmed: its time is the time to detect.
+    let detected_after = helpers::first_finding_at(&stdout).or(suspected_after);
+    let (findings, error) = match helpers::scan_summary(&stdout) {
+        Some(json) => (
             json["findings"].as_array().cloned().unwrap_or_default(),
             None,
         ),
-        Err(_) => (Vec::new(), Some(lines.last().cloned().unwrap_or_default())),
+        None => (Vec::new(), Some(lines.last().cloned().unwrap_or_default())),
     };
     let (go_leaked, error) = match go_leaked {
         Some(Err(go_error)) => (None, error.or(Some(go_error))),

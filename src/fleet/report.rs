@@ -248,6 +248,7 @@ mod tests {
                 test: "trend".into(),
                 steps_seconds: vec![],
                 siblings: vec![],
+                ..Evidence::default()
             },
         }
     }

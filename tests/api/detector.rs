@@ -13,6 +13,10 @@ use crate::load::healthy_load;
 pub struct Scan {
     pub code: i32,
     pub findings: Vec<Value>,
+    /// Seconds into the scan at which the first finding was printed.
+    pub first_finding_at: Option<f64>,
+    /// How long the scan process ran.
+    pub ran: Duration,
     pub stderr: String,
     /// Where the scan saved its profiles; removed with the `Scan`.
     pub out: tempfile::TempDir,
@@ -20,6 +24,11 @@ pub struct Scan {
 
 /// Runs `leakfinder scan URL --duration D --interval 1s --json --out DIR` to completion.
 pub async fn scan(url: &str, duration: &str) -> Scan {
+    scan_with(url, duration, &[]).await
+}
+
+/// [`scan`] with more arguments; also returns how long the scan ran.
+pub async fn scan_with(url: &str, duration: &str, more: &[&str]) -> Scan {
     let out = tempfile::Builder::new()
         .prefix("leakfinder-scan-test-")
         .tempdir()
@@ -34,7 +43,11 @@ pub async fn scan(url: &str, duration: &str) -> Scan {
         "--json".into(),
         "--out".into(),
         out.path().display().to_string(),
-    ];
+    ]
+    .into_iter()
+    .chain(more.iter().map(|arg| (*arg).to_owned()))
+    .collect::<Vec<String>>();
+    let started = std::time::Instant::now();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BINARY)
             .env_clear()
@@ -44,12 +57,16 @@ pub async fn scan(url: &str, duration: &str) -> Scan {
     })
     .await
     .unwrap();
+    let ran = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let json: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|error| panic!("scan printed JSON ({error}): {stderr}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let summary = crate::helpers::scan_summary(&stdout)
+        .unwrap_or_else(|| panic!("scan printed a JSON summary: {stdout}\n{stderr}"));
     Scan {
         code: output.status.code().unwrap_or(-1),
-        findings: json["findings"].as_array().cloned().unwrap_or_default(),
+        findings: summary["findings"].as_array().cloned().unwrap_or_default(),
+        first_finding_at: crate::helpers::first_finding_at(&stdout),
+        ran,
         stderr,
         out,
     }
@@ -314,4 +331,111 @@ async fn a_go_service_s_leaks_are_found_by_their_go_functions_and_its_churn_is_n
         finding["file"].as_str().unwrap().ends_with("main.go"),
         "{finding}"
     );
+}
+
+/// A finding of `kind` whose function starts with `function`.
+fn finding<'a>(scan: &'a Scan, kind: &str, function: &str) -> &'a Value {
+    scan.findings
+        .iter()
+        .find(|f| f["kind"] == kind && f["function"].as_str().unwrap().starts_with(function))
+        .unwrap_or_else(|| {
+            panic!(
+                "a {kind} finding in {function}: {:#?}\n{}",
+                scan.findings, scan.stderr
+            )
+        })
+}
+
+const SLICE: &str = "leakfinder::leaks::slice::run_leaker_job1_simple_slice";
+const CHANNEL: &str = "leakfinder::leaks::channel::run_leaker_job2_channel_task_block";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_that_starts_with_the_scan_is_confirmed_within_five_seconds() {
+    let (heap, tasks) = (default_rates(), default_rates());
+    heap.get_json("/start-leak/slice", 200).await;
+    tasks.get_json("/start-leak/channel", 200).await;
+    let (heap_scan, task_scan) = tokio::join!(
+        scan_with(&heap.base, "20s", &["--until-found"]),
+        scan_with(&tasks.base, "20s", &["--until-found"]),
+    );
+    for (scan, kind, function) in [(&heap_scan, "heap", SLICE), (&task_scan, "tasks", CHANNEL)] {
+        assert_eq!(scan.code, 1, "{}", scan.stderr);
+        let first = scan.first_finding_at.expect("a finding line was printed");
+        assert!(
+            first <= 5.0,
+            "{kind}: first finding at {first} s\n{}",
+            scan.stderr
+        );
+        let found = finding(scan, kind, function);
+        assert!(
+            found["evidence"]["survival"].as_f64().unwrap() > 0.9,
+            "it kept what it made: {found:#}"
+        );
+        assert!(
+            scan.ran < Duration::from_secs(10),
+            "--until-found ends the scan at the first finding: {:?}",
+            scan.ran
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leak_that_ran_a_minute_and_one_that_stopped_are_named_from_the_first_profile() {
+    // Default rates: one runs on (1 GiB cap), the other caps at 450 MiB after about 45 s and
+    // holds it; both are a minute old when the scans start.
+    let leaks = |cap: u64| {
+        spawn_app(&[
+            ("LEAK_CHUNK_BYTES", "1048576"),
+            ("LEAK_INTERVAL_MS", "100"),
+            ("LEAK_MAX_BYTES", &(cap << 20).to_string()),
+        ])
+    };
+    let (running, held) = (leaks(1024), leaks(450));
+    running.get_json("/start-leak/slice", 200).await;
+    for kind in ["slice", "channel"] {
+        held.get_json(&format!("/start-leak/{kind}"), 200).await;
+    }
+    tokio::time::sleep(Duration::from_secs(66)).await;
+    let report = held.report().await;
+    assert_eq!(report["leaks"]["slice"]["capped"], true, "{report}");
+    let report = running.report().await;
+    assert_eq!(report["leaks"]["slice"]["capped"], false, "{report}");
+    let (running_scan, held_scan) = tokio::join!(
+        scan_with(&running.base, "20s", &["--until-found"]),
+        scan_with(&held.base, "20s", &["--until-found"]),
+    );
+    assert_eq!(running_scan.code, 1, "{}", running_scan.stderr);
+    assert!(
+        running_scan.ran <= Duration::from_secs(2),
+        "named from the first profile: the scan took {:?}",
+        running_scan.ran
+    );
+    let growing = finding(&running_scan, "heap", SLICE);
+    assert_eq!(growing["evidence"]["test"], "age", "{growing:#}");
+    assert_eq!(growing["evidence"]["held"], false, "{growing:#}");
+    let oldest = growing["evidence"]["ages"]["oldest_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (50.0..=80.0).contains(&oldest),
+        "allocated for a minute: {growing:#}"
+    );
+    let rate = growing["rate_per_second"].as_f64().unwrap() / (1 << 20) as f64;
+    assert!((7.0..=13.0).contains(&rate), "{rate} MiB/s");
+
+    assert_eq!(held_scan.code, 1, "{}", held_scan.stderr);
+    assert!(
+        held_scan.ran <= Duration::from_secs(2),
+        "{:?}",
+        held_scan.ran
+    );
+    for (kind, function) in [("heap", SLICE), ("tasks", CHANNEL)] {
+        let found = finding(&held_scan, kind, function);
+        assert_eq!(found["evidence"]["test"], "age", "{found:#}");
+        assert_eq!(found["evidence"]["held"], true, "growth stopped: {found:#}");
+        assert!(
+            found["evidence"]["survival"].as_f64().unwrap() > 0.95,
+            "{found:#}"
+        );
+    }
 }

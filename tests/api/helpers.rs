@@ -275,3 +275,23 @@ pub fn twin_leaks() -> Vec<(String, String, i64)> {
     }
     leaks
 }
+
+/// The summary line of `leakfinder scan --json` output (JSON Lines: a `"finding"` object per
+/// finding as it is confirmed, then one `"summary"`); an older build's single
+/// `{"findings": [...]}` object is read as its summary.
+pub fn scan_summary(stdout: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|value| value["type"] == "summary" || value["type"].is_null())
+        .find(|value| value["findings"].is_array())
+}
+
+/// The scan-relative time of the first finding line of `leakfinder scan --json` output.
+pub fn first_finding_at(stdout: &str) -> Option<f64> {
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|value| value["type"] == "finding")
+        .and_then(|value| value["at_seconds"].as_f64())
+}

@@ -246,6 +246,9 @@ pub fn blocks(points: &[Point]) -> Vec<Point> {
         .collect()
 }
 
+/// The fewest points of the recent part of a trend.
+pub const RECENT_MIN: usize = 6;
+
 /// Whether a series leaks.
 pub fn assess(points: &[Point], thresholds: &Thresholds) -> Verdict {
     let finite = points
@@ -262,8 +265,10 @@ pub fn assess(points: &[Point], thresholds: &Thresholds) -> Verdict {
     if p_full >= thresholds.alpha {
         return Verdict::Quiet(Quiet::NoTrend);
     }
-    // The recent 60%: enough points for the trend to be tested on its own.
-    let recent = &points[points.len() * 2 / 5..];
+    // The recent 60%, and at least six points: with five, a perfect rise has a Mann-Kendall
+    // p-value of 0.0139 and could never pass `alpha_recent` (a leak over exactly eight fleet
+    // windows was never reported).
+    let recent = &points[(points.len() * 2 / 5).min(points.len().saturating_sub(RECENT_MIN))..];
     let recent_values: Vec<f64> = recent.iter().map(|p| p.value).collect();
     let (_, z_recent) = mann_kendall(&recent_values);
     let p_recent = p_upward(z_recent);
@@ -422,6 +427,18 @@ mod tests {
         let trend = leak(&points);
         assert!((trend.rate - 10.0 * MIB).abs() < 1.0, "{trend:?}");
         assert!(trend.confidence > 0.99, "{trend:?}");
+    }
+
+    #[test]
+    fn a_steady_leak_over_the_fewest_points_a_verdict_takes_is_found() {
+        // Eight points: the least `min_points` allows (eight 15 s windows of fleet).
+        let points = series(Thresholds::HEAP.min_points, |t| 10.0 * MIB + MIB * t);
+        leak(&points);
+        let tasks = series(Thresholds::TASKS.min_points, |t| 10.0 * t);
+        assert!(matches!(
+            assess(&tasks, &Thresholds::TASKS),
+            Verdict::Leak(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`profile`] reads a profile as the amount retained per site (pure);
 //! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
 //!   steps that never comes down (pure);
+//! - [`survival`] decides from what a site retains of what it allocated, and how old that is:
+//!   a leak named from one profile, one that is young but fast, one that rose and held (pure);
+//! - [`goroutines`] reads Go's goroutine dump (`debug=2`): ids, waits and stacks (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
 //! - [`scan`] is the `leakfinder scan` command.
 //!
@@ -19,14 +22,17 @@
 
 pub mod analysis;
 pub mod frames;
+pub mod goroutines;
 pub mod profile;
 pub mod sampler;
 pub mod scan;
+pub mod survival;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use analysis::{Point, Thresholds, Verdict};
-use profile::{ProfileKind, Site, Snapshot};
+use profile::{ProfileKind, Retained, Site, Snapshot};
+use survival::{AgeThresholds, HeldThresholds, YoungThresholds};
 
 /// Orders findings as reports show them: heap before tasks, fastest first.
 pub fn rank(findings: &mut [Finding]) {
@@ -84,7 +90,7 @@ pub struct Finding {
 }
 
 /// The evidence for a finding.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
 pub struct Evidence {
     /// The stack of the largest sample at the site, leaf first.
@@ -95,15 +101,51 @@ pub struct Evidence {
     pub growth: f64,
     /// Growth per second over the recent half of the window.
     pub recent_rate_per_second: f64,
-    /// Which test found it: `trend` (a steady rise) or `ratchet` (a floor that rises in steps
-    /// and never comes down).
+    /// Which test found it: `age` (one profile: it keeps what it allocated, made over a long
+    /// time), `young` (it rose at every profile and kept all it allocated), `trend` (a steady
+    /// rise), `ratchet` (a floor that rises in steps and never comes down) or `held` (it rose in
+    /// steps, kept it, and stopped).
     pub test: String,
-    /// When the floor rose (seconds), for a ratchet.
+    /// When the floor rose (seconds), for a ratchet or a held leak.
     pub steps_seconds: Vec<f64>,
     /// Other sites of the same leak (`function file:line`), added up with this one: the sibling
     /// tasks that one manifestation leaves at different lines.
     pub siblings: Vec<String>,
+    /// What the site retains of what it allocated (or spawned): since the target started for
+    /// `age`, over the observed profiles otherwise; when the profiles say.
+    pub survival: Option<f64>,
+    /// What was allocated (bytes) or spawned (tasks) there, when the profile says.
+    pub allocated: Option<f64>,
+    /// How old what it retains is, when the profile says.
+    pub ages: Option<AgeSummary>,
+    /// Whether it has stopped growing and holds what it took.
+    pub held: bool,
 }
+
+/// How old the retained part of a site is (seconds, at the latest profile, weighted by amount).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct AgeSummary {
+    /// The youngest.
+    pub youngest_seconds: f64,
+    /// The median.
+    pub median_seconds: f64,
+    /// The oldest.
+    pub oldest_seconds: f64,
+}
+
+impl From<survival::AgeSpread> for AgeSummary {
+    fn from(spread: survival::AgeSpread) -> Self {
+        Self {
+            youngest_seconds: spread.youngest,
+            median_seconds: spread.median,
+            oldest_seconds: spread.oldest,
+        }
+    }
+}
+
+/// The most goroutine ids remembered per site (for survival): past it, no more are added.
+const MAX_IDS: usize = 1 << 20;
 
 /// A site's key and its series.
 type Watched<'a> = (&'a (ProfileKind, Site), &'a Series);
@@ -111,9 +153,51 @@ type Watched<'a> = (&'a (ProfileKind, Site), &'a Series);
 #[derive(Debug, Default)]
 struct Series {
     points: Vec<Point>,
+    /// What was allocated (or spawned) there by each point's time, cumulative, when the
+    /// profiles say; empty otherwise. Goroutine ids count as spawned when first seen.
+    allocated: Vec<Point>,
     first_seen: f64,
     stack: Vec<String>,
     family: String,
+    /// The latest profile's evidence at the site.
+    latest: Option<Retained>,
+    /// Every goroutine id seen here (Go dumps).
+    ids: HashSet<u64>,
+}
+
+impl Series {
+    /// The allocation counts, if known at every point.
+    fn allocated(&self) -> Option<&[Point]> {
+        (self.allocated.len() == self.points.len()).then_some(self.allocated.as_slice())
+    }
+
+    /// Whether what the site holds now is all much younger than the time it has been watched:
+    /// it frees what it allocates and holds only recent allocations (a cache, short-lived
+    /// tasks), however its amount wanders. A leak keeps its oldest allocations. Only profiles
+    /// with ages say; a site watched for less than [`TURNOVER_MIN_WATCH`] seconds is not judged.
+    fn turns_over_by_age(&self) -> bool {
+        let Some(spread) = self
+            .latest
+            .as_ref()
+            .and_then(|latest| survival::age_spread(&latest.ages))
+        else {
+            return false;
+        };
+        let watched = self.points.last().map_or(0.0, |p| p.t) - self.first_seen;
+        watched >= TURNOVER_MIN_WATCH && spread.oldest < TURNOVER_AGE_SHARE * watched
+    }
+
+    /// What was retained over the window of what was allocated over it.
+    fn window_survival(&self) -> Option<f64> {
+        let allocated = self.allocated()?;
+        let (first, last) = (allocated.first()?, allocated.last()?);
+        let grown = last.value - first.value;
+        let kept = self.points.last()?.value - self.points.first()?.value;
+        if grown <= 0.0 {
+            return None;
+        }
+        survival::survival(kept.max(0.0), grown)
+    }
 }
 
 /// Per-site series of one profile kind, and the verdicts on them.
@@ -150,32 +234,53 @@ impl Detector {
         // series starts there, so its first step counts as one.
         let previous = (times.len() > 1).then(|| times[times.len() - 2]);
         for (site, retained) in &snapshot.sites {
-            let series = self
-                .series
-                .entry((kind, site.clone()))
-                .or_insert_with(|| Series {
+            let series = self.series.entry((kind, site.clone())).or_insert_with(|| {
+                let zero = previous.map(|t| Point { t, value: 0.0 });
+                Series {
                     first_seen: t,
-                    points: previous
-                        .map(|t| Point { t, value: 0.0 })
+                    points: zero.into_iter().collect(),
+                    // Allocation counts start at zero with it, when the profile has them.
+                    allocated: zero
+                        .filter(|_| retained.allocated.is_some() || !retained.ids.is_empty())
                         .into_iter()
                         .collect(),
                     ..Series::default()
-                });
+                }
+            });
             series.stack.clone_from(&retained.stack);
             series.family.clone_from(&retained.family);
+            if series.ids.len() < MAX_IDS {
+                series.ids.extend(retained.ids.iter().copied());
+            }
+            series.latest = Some(retained.clone());
         }
         let window = self.window;
         for ((series_kind, site), series) in self.series.iter_mut() {
             if *series_kind != kind {
                 continue;
             }
-            let value = snapshot
-                .sites
-                .get(site)
-                .map_or(0.0, |retained| retained.value);
+            let now = snapshot.sites.get(site);
+            let value = now.map_or(0.0, |retained| retained.value);
             series.points.push(Point { t, value });
-            if series.points.len() > window {
-                series.points.remove(0);
+            let allocated = match now {
+                Some(retained) if !retained.ids.is_empty() => Some(series.ids.len() as f64),
+                Some(retained) => retained.allocated,
+                // Absent now: nothing more was allocated there that the profile shows.
+                None => series.allocated.last().map(|point| point.value),
+            };
+            if let Some(allocated) = allocated {
+                series.allocated.push(Point {
+                    t,
+                    value: allocated,
+                });
+            }
+            if now.is_none() {
+                series.latest = None;
+            }
+            for points in [&mut series.points, &mut series.allocated] {
+                if points.len() > window {
+                    points.remove(0);
+                }
             }
         }
         // Sites gone for a whole window are forgotten, so churn cannot grow the map for ever.
@@ -188,7 +293,7 @@ impl Detector {
         let mut findings = Vec::new();
         let mut unfound: Vec<Watched<'_>> = Vec::new();
         for (key, series) in &self.series {
-            match Found::test(&series.points, &thresholds(key.0)) {
+            match Found::test(key.0, series) {
                 Some(found) => findings.push(self.finding(key, series, found)),
                 None => unfound.push((key, series)),
             }
@@ -252,7 +357,7 @@ impl Detector {
             if let Some(ratchet) = &mut thresholds.ratchet {
                 ratchet.steps = 2;
             }
-            let Some(found) = Found::test(&points, &thresholds) else {
+            let Some(found) = Found::growth(&points, &thresholds) else {
                 continue;
             };
             let (key, lead) = together[0];
@@ -279,6 +384,7 @@ impl Detector {
             ProfileKind::Tasks if self.go => ("goroutines", "tasks"),
             ProfileKind::Tasks => ("tasks", "tasks"),
         };
+        let latest = series.latest.as_ref();
         Finding {
             kind: kind_name.to_owned(),
             function: site.function.clone(),
@@ -299,9 +405,16 @@ impl Detector {
                 test: found.test.to_owned(),
                 steps_seconds: found.steps,
                 siblings: Vec::new(),
+                survival: found.survival,
+                allocated: latest.and_then(|retained| retained.allocated),
+                ages: latest
+                    .and_then(|retained| survival::age_spread(&retained.ages))
+                    .map(AgeSummary::from),
+                held: found.held,
             },
         }
     }
+
     /// The median time between two profiles of a kind.
     fn interval(&self, kind: ProfileKind) -> f64 {
         let times = self.times.get(&kind).map_or(&[][..], Vec::as_slice);
@@ -331,11 +444,116 @@ struct Found {
     confidence: f64,
     test: &'static str,
     steps: Vec<f64>,
+    survival: Option<f64>,
+    held: bool,
 }
 
+/// A site is judged by [`Series::turns_over_by_age`] once watched this long (seconds).
+const TURNOVER_MIN_WATCH: f64 = 10.0;
+/// ... when the oldest thing it holds is younger than this share of the time it was watched.
+const TURNOVER_AGE_SHARE: f64 = 0.5;
+
+/// Below this survival over the window, a task site's rise is turnover (a growing stream of
+/// short-lived tasks), not a leak: the trend and ratchet tests are not asked.
+const TURNOVER_SURVIVAL: f64 = 0.5;
+
 impl Found {
+    /// Every test, strongest evidence first: the ages of one profile, a young and fast site
+    /// that keeps all it allocates, a steady trend, a ratchet, a rise that held.
+    fn test(kind: ProfileKind, series: &Series) -> Option<Self> {
+        let (ages, young, held) = match kind {
+            ProfileKind::Heap => (
+                AgeThresholds::HEAP,
+                YoungThresholds::HEAP,
+                Some(HeldThresholds::HEAP),
+            ),
+            ProfileKind::Tasks => (AgeThresholds::TASKS, YoungThresholds::TASKS, None),
+        };
+        if let Some(found) = Self::by_age(series, &ages) {
+            return Some(found);
+        }
+        if series.turns_over_by_age() {
+            return None;
+        }
+        if let Some(found) = Self::young(kind, series, &young) {
+            return Some(found);
+        }
+        let window_survival = series.window_survival();
+        let turnover =
+            kind == ProfileKind::Tasks && window_survival.is_some_and(|s| s < TURNOVER_SURVIVAL);
+        if !turnover && let Some(mut found) = Self::growth(&series.points, &thresholds(kind)) {
+            found.survival = window_survival;
+            return Some(found);
+        }
+        let held = survival::held(&series.points, series.allocated(), held.as_ref()?)?;
+        Some(Self {
+            rate: held.rate,
+            recent_rate: 0.0,
+            growth: held.rise,
+            confidence: held.confidence,
+            test: "held",
+            steps: held.steps,
+            survival: held.survival,
+            held: true,
+        })
+    }
+
+    /// The age test on the latest profile, where it carries ages and what was allocated since
+    /// the target started (leakfinder's own profiles).
+    fn by_age(series: &Series, thresholds: &AgeThresholds) -> Option<Self> {
+        let latest = series.latest.as_ref()?;
+        if !latest.ids.is_empty() {
+            return None; // ids count what this scan saw, not what the target ever spawned
+        }
+        let aged = survival::by_age(
+            latest.value,
+            latest.allocated?,
+            &latest.ages,
+            latest.samples.round() as u64,
+            thresholds,
+        )?;
+        Some(Self {
+            rate: aged.rate,
+            recent_rate: if aged.held { 0.0 } else { aged.rate },
+            growth: latest.value,
+            confidence: aged.confidence,
+            test: "age",
+            steps: Vec::new(),
+            survival: Some(aged.survival),
+            held: aged.held,
+        })
+    }
+
+    /// The fast test on the series' trailing run of rises, with the allocation counts at the
+    /// same profiles; for tasks only when they are blocked (not sleeping, in I/O or running).
+    fn young(kind: ProfileKind, series: &Series, thresholds: &YoungThresholds) -> Option<Self> {
+        let allocated = series.allocated()?;
+        let latest = series.latest.as_ref()?;
+        if kind == ProfileKind::Tasks && latest.blocked < 0.9 * latest.value {
+            return None;
+        }
+        let rising = series
+            .points
+            .windows(2)
+            .rev()
+            .take_while(|pair| pair[1].value > pair[0].value)
+            .count();
+        let from = series.points.len() - rising - 1;
+        let young = survival::young(&series.points[from..], &allocated[from..], thresholds)?;
+        Some(Self {
+            rate: young.rate,
+            recent_rate: young.rate,
+            growth: young.growth,
+            confidence: young.confidence,
+            test: "young",
+            steps: Vec::new(),
+            survival: Some(young.survival),
+            held: false,
+        })
+    }
+
     /// The trend test, then the ratchet: what the first that finds a leak found.
-    fn test(points: &[Point], thresholds: &Thresholds) -> Option<Self> {
+    fn growth(points: &[Point], thresholds: &Thresholds) -> Option<Self> {
         match analysis::assess(points, thresholds) {
             Verdict::Leak(trend) => Some(Self::trend(trend)),
             Verdict::Quiet(_) => analysis::ratchet(points, thresholds).map(Self::ratchet),
@@ -350,6 +568,8 @@ impl Found {
             confidence: trend.confidence,
             test: "trend",
             steps: Vec::new(),
+            survival: None,
+            held: false,
         }
     }
 
@@ -361,6 +581,8 @@ impl Found {
             confidence: ratchet.confidence,
             test: "ratchet",
             steps: ratchet.steps,
+            survival: None,
+            held: false,
         }
     }
 }

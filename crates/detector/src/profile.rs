@@ -42,7 +42,7 @@ pub struct Site {
     pub line: i64,
 }
 
-/// What one site retains in one profile.
+/// What one site retains in one profile, and the survival evidence the profile carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retained {
     /// Bytes or tasks.
@@ -52,6 +52,20 @@ pub struct Retained {
     /// The manifestation the largest sample belongs to: its spawner, or its root-most program
     /// function (empty when it has no program code).
     pub family: String,
+    /// What was allocated (heap: `alloc_space`) or spawned (tasks) here since the target
+    /// started, in the same unit, when the profile says: `value / allocated` is the site's
+    /// survival. For tasks it is the survival of the sites that spawned them.
+    pub allocated: Option<f64>,
+    /// How many sampled allocations (or tasks) `allocated` stands for: what a survival
+    /// verdict rests on.
+    pub samples: f64,
+    /// The live amount by age: `(seconds, amount)`, from leakfinder's `age` labels.
+    pub ages: Vec<(f64, f64)>,
+    /// The part of `value` that is blocked (tasks waiting on another task: a channel, a lock, a
+    /// join) rather than sleeping, doing I/O or running. The whole value for heap sites.
+    pub blocked: f64,
+    /// The ids of the tasks (goroutines) here, when the profile lists them (Go's `debug=2`).
+    pub ids: Vec<u64>,
     largest: f64,
 }
 
@@ -62,7 +76,29 @@ impl Retained {
             value,
             stack,
             family: String::new(),
+            allocated: None,
+            samples: 0.0,
+            ages: Vec::new(),
+            blocked: value,
+            ids: Vec::new(),
             largest: value,
+        }
+    }
+
+    /// Nothing yet: the start of a site's sum.
+    pub(crate) fn empty() -> Self {
+        Self {
+            blocked: 0.0,
+            ..Self::new(0.0, Vec::new())
+        }
+    }
+
+    /// Adds one stack's `value` to the site.
+    fn add(&mut self, value: f64, stack: impl FnOnce() -> (Vec<String>, String)) {
+        self.value += value;
+        if value > self.largest {
+            self.largest = value;
+            (self.stack, self.family) = stack();
         }
     }
 }
@@ -91,6 +127,56 @@ pub enum SnapshotError {
     },
 }
 
+/// The numeric label leakfinder's heap and task profiles give a sample's mean age (seconds).
+pub const AGE_LABEL: &str = "age";
+/// The numeric label leakfinder's task profile gives every sample: tasks ever spawned at its
+/// spawn site.
+pub const SPAWNED_LABEL: &str = "spawned";
+/// The string label leakfinder's task profile gives what a task waits for.
+pub const WAIT_LABEL: &str = "wait";
+
+/// Whether a task waiting in `wait` (leakfinder's `wait` label, or Go's goroutine state) is
+/// blocked on another task (a channel, a lock, a join, a condition) rather than sleeping, doing
+/// I/O, running or unknown: only blocked tasks can pile up for ever on their own.
+pub fn is_blocked_wait(wait: &str) -> bool {
+    const BLOCKED: &[&str] = &[
+        "chan send",
+        "chan receive",
+        "select",
+        "semacquire",
+        "sync.",
+        "mutex lock",
+        "rwlock",
+        "semaphore acquire",
+        "oneshot receive",
+        "notified",
+        "watch changed",
+        "broadcast receive",
+        "barrier wait",
+        "join",
+        "cancelled",
+        "task tracker wait",
+        "non-tokio wait",
+    ];
+    BLOCKED.iter().any(|blocked| wait.starts_with(blocked))
+}
+
+/// The language of a profile's stacks (Go when it has `runtime.` frames).
+pub fn language(profile: &Profile) -> Language {
+    let string = |index: i64| -> &str {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| profile.string_table.get(index))
+            .map_or("", String::as_str)
+    };
+    Language::detect(
+        profile
+            .function
+            .iter()
+            .map(|function| (string(function.name), string(function.filename))),
+    )
+}
+
 /// Reads a profile as `kind`.
 pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, SnapshotError> {
     let string = |index: i64| -> &str {
@@ -99,11 +185,13 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
             .and_then(|index| profile.string_table.get(index))
             .map_or("", String::as_str)
     };
-    let Some(column) = profile
-        .sample_type
-        .iter()
-        .position(|value_type| string(value_type.r#type) == kind.sample_type())
-    else {
+    let column_of = |name: &str| {
+        profile
+            .sample_type
+            .iter()
+            .position(|value_type| string(value_type.r#type) == name)
+    };
+    let Some(column) = column_of(kind.sample_type()) else {
         let found = profile
             .sample_type
             .iter()
@@ -115,6 +203,15 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
             found,
         });
     };
+    let alloc_column = match kind {
+        ProfileKind::Heap => column_of("alloc_space"),
+        ProfileKind::Tasks => None,
+    };
+    let alloc_objects = match kind {
+        ProfileKind::Heap => column_of("alloc_objects"),
+        ProfileKind::Tasks => None,
+    };
+    let period = profile.period.max(1) as f64;
     let functions: BTreeMap<u64, (&str, &str)> = profile
         .function
         .iter()
@@ -132,11 +229,15 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         .collect();
     let language = Language::detect(functions.values().copied());
     let mut sites: BTreeMap<Site, Retained> = BTreeMap::new();
+    // Tasks: per spawn site (its `created by` frame), the tasks alive and ever spawned.
+    let mut spawn_sites: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut spawn_site_of: BTreeMap<Site, BTreeMap<String, f64>> = BTreeMap::new();
     for sample in &profile.sample {
-        let Some(&value) = sample.value.get(column) else {
-            continue;
-        };
-        if value <= 0 {
+        let value = sample.value.get(column).copied().unwrap_or(0).max(0) as f64;
+        let allocated = alloc_column
+            .and_then(|column| sample.value.get(column))
+            .map(|&bytes| bytes.max(0) as f64);
+        if value <= 0.0 && allocated.is_none_or(|bytes| bytes <= 0.0) {
             continue;
         }
         let frames: Vec<(&str, &str, i64)> = sample
@@ -152,40 +253,93 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         if frames.is_empty() {
             continue;
         }
-        let placed: Vec<(&str, &str)> = frames
-            .iter()
-            .map(|(function, file, _)| (*function, *file))
-            .collect();
-        let placed = frames::Placed::new(&language, &placed);
-        let chosen = placed.site();
-        let site = match chosen {
-            Some(index) => Site {
-                function: frames[index].0.to_owned(),
-                file: frames[index].1.to_owned(),
-                line: frames[index].2,
-            },
-            None => Site {
-                function: language.runtime_site().to_owned(),
-                file: String::new(),
-                line: 0,
-            },
-        };
-        let value = value as f64;
-        let retained = sites
-            .entry(site)
-            .or_insert_with(|| Retained::new(0.0, Vec::new()));
-        retained.value += value;
-        if value > retained.largest {
-            retained.largest = value;
-            retained.family = placed.family();
-            retained.stack = frames
-                .iter()
-                .map(|(function, file, line)| format!("{function} {file}:{line}"))
-                .collect();
+        let (site, family) = place(&language, &frames);
+        let label = |key: &str| sample.label.iter().find(|label| string(label.key) == key);
+        let retained = sites.entry(site.clone()).or_insert_with(Retained::empty);
+        retained.add(value, || (stack_strings(&frames), family));
+        if let Some(bytes) = allocated {
+            *retained.allocated.get_or_insert(0.0) += bytes;
+            let objects = alloc_objects
+                .and_then(|column| sample.value.get(column))
+                .map_or(1.0, |&objects| objects.max(1) as f64);
+            // The estimate stands for `objects`, each sampled with this probability.
+            let sampled = 1.0 - (-(bytes / objects) / period).exp();
+            retained.samples += objects * sampled;
+        }
+        if let Some(age) = label(AGE_LABEL).filter(|label| label.str == 0)
+            && value > 0.0
+        {
+            retained.ages.push((age.num as f64, value));
+        }
+        let wait = label(WAIT_LABEL).map_or("", |label| string(label.str));
+        if kind == ProfileKind::Heap || is_blocked_wait(wait) {
+            retained.blocked += value;
+        }
+        if kind == ProfileKind::Tasks
+            && let Some(spawned) = label(SPAWNED_LABEL)
+        {
+            let (spawn, _, _) = frames[frames.len() - 1];
+            let entry = spawn_sites.entry(spawn.to_owned()).or_default();
+            entry.0 += value;
+            entry.1 = entry.1.max(spawned.num as f64);
+            *spawn_site_of
+                .entry(site)
+                .or_default()
+                .entry(spawn.to_owned())
+                .or_default() += value;
         }
     }
+    // A task site's survival is that of the spawn sites its tasks came from.
+    for (site, spawns) in spawn_site_of {
+        let (mut alive, mut spawned) = (0.0, 0.0);
+        for (spawn, tasks) in &spawns {
+            if let Some(&(all_alive, all_spawned)) = spawn_sites.get(spawn)
+                && all_alive > 0.0
+            {
+                alive += tasks;
+                spawned += tasks * all_spawned.max(all_alive) / all_alive;
+            }
+        }
+        if let Some(retained) = sites.get_mut(&site)
+            && spawned > 0.0
+        {
+            retained.allocated = Some(retained.value * spawned / alive.max(1.0));
+            retained.samples = spawned;
+        }
+    }
+    sites.retain(|_, retained| retained.value > 0.0);
     let go = language.is_go();
     Ok(Snapshot { kind, go, sites })
+}
+
+/// The site of a stack (leaf first, `(function, file, line)`), and its family.
+pub fn place(language: &Language, frames: &[(&str, &str, i64)]) -> (Site, String) {
+    let placed: Vec<(&str, &str)> = frames
+        .iter()
+        .map(|(function, file, _)| (*function, *file))
+        .collect();
+    let placed = frames::Placed::new(language, &placed);
+    let site = match placed.site() {
+        Some(index) => Site {
+            function: frames[index].0.to_owned(),
+            file: frames[index].1.to_owned(),
+            line: frames[index].2,
+        },
+        None => Site {
+            function: language.runtime_site().to_owned(),
+            file: String::new(),
+            line: 0,
+        },
+    };
+    (site, placed.family())
+}
+
+/// A stack as evidence: `function file:line`, leaf first.
+pub fn stack_strings(frames: &[(&str, &str, i64)]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|(function, file, line)| format!("{function} {file}:{line}"))
+        .collect()
 }
 
 #[cfg(test)]

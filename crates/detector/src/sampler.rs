@@ -123,6 +123,40 @@ impl Sampler {
         &self.target
     }
 
+    /// Fetches the goroutine dump (`/debug/pprof/goroutine?debug=2`, Go's text of every
+    /// goroutine with its id and wait), as text.
+    pub fn goroutine_dump(&self) -> Result<String, FetchError> {
+        let url = format!("{}/debug/pprof/goroutine?debug=2", self.target.base);
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .map_err(|error| classify(&url, &error))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(FetchError::Status { url, status });
+        }
+        let mut bytes = Vec::new();
+        response
+            .take(MAX_DOWNLOAD_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::TimedOut => FetchError::Timeout { url: url.clone() },
+                _ => FetchError::Transport {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                },
+            })?;
+        if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
+            return Err(FetchError::NotPprof {
+                url,
+                content_type: "text".into(),
+                reason: format!("larger than {MAX_DOWNLOAD_BYTES} bytes"),
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Fetches and decodes one profile; the raw bytes are returned too, to be saved.
     pub fn fetch(&self, kind: ProfileKind) -> Result<(Vec<u8>, Profile), FetchError> {
         let url = self.target.url(kind);
