@@ -11,7 +11,8 @@
 //! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
 //!   steps that never comes down (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
-//! - [`scan`] is the `leakfinder scan` command.
+//! - [`scan`] is the `leakfinder scan` command;
+//! - [`symbols`] is the `leakfinder symbols` command: a service's prebuilt symbol table.
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
@@ -22,6 +23,7 @@ pub mod frames;
 pub mod profile;
 pub mod sampler;
 pub mod scan;
+pub mod symbols;
 
 use std::collections::BTreeMap;
 

@@ -232,7 +232,7 @@ pub fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbols::dwarf::DebugInfo;
+    use crate::dwarf::DebugInfo;
 
     /// gimli's rows for a whole program, as `Row`s.
     fn gimli_rows(program: gimli::IncompleteLineProgram<Reader>) -> Vec<Row> {
