@@ -25,8 +25,10 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "hello\n" }))
         .nest_service("/debug/pprof", Pprof::new(profilers).into_tower());
-    let addr = std::env::args().nth(1);
-    let listener = tokio::net::TcpListener::bind(addr.as_deref().unwrap_or("127.0.0.1:8080")).await?;
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
     let mut terminate = signal(SignalKind::terminate())?; // what `docker stop` and Kubernetes send
     println!("listening on http://{}", listener.local_addr()?);
     // ConnectInfo tells the service who the peer is; without it every peer counts as remote (403).

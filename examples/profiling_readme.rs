@@ -23,8 +23,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut terminate = signal(SignalKind::terminate())?; // what `docker stop` and Kubernetes send
     // Your service runs here. Serve the profiles with leakfinder-http, or take them yourself:
     // profilers.heap(), profilers.cpu(duration), profilers.tasks().
-    let heap = profilers.heap().await?;
-    println!("running; the heap profile has {} samples", heap.sample.len());
+    let samples = profilers.heap().await?.sample.len();
+    println!("running; the heap profile has {samples} samples");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

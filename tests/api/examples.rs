@@ -77,7 +77,10 @@ fn the_crate_readmes_give_one_dependency_block_of_path_dependencies_on_this_chec
         }
         crates += 1;
     }
-    assert_eq!(crates, 2, "leakfinder-profiling and leakfinder-http:\n{profiling}");
+    assert_eq!(
+        crates, 2,
+        "leakfinder-profiling and leakfinder-http:\n{profiling}"
+    );
 }
 
 #[test]
@@ -94,7 +97,10 @@ fn the_http_readme_s_program_serves_pprof_and_pushes_its_last_profiles_on_sigter
     program.example.base = line["listening on ".len()..].trim().to_owned();
     let heap = reqwest::blocking::get(program.example.url("/debug/pprof/heap")).unwrap();
     assert_eq!(heap.status(), 200);
-    assert!(heap.bytes().unwrap().starts_with(&[0x1f, 0x8b]), "a gzipped profile");
+    assert!(
+        heap.bytes().unwrap().starts_with(&[0x1f, 0x8b]),
+        "a gzipped profile"
+    );
     stop_readme_program(program);
 }
 
@@ -153,7 +159,7 @@ fn stop_readme_program(mut program: ReadmeProgram) {
 }
 
 /// The text of the first fenced block of `language` in `markdown`, without its fences.
-fn fenced_block(markdown: &str, language: &str) -> Option<String> {
+pub fn fenced_block(markdown: &str, language: &str) -> Option<String> {
     let opening = format!("```{language}");
     let mut lines = markdown.lines().skip_while(|line| line.trim() != opening);
     lines.next()?;

@@ -917,11 +917,7 @@ mod tests {
             .expect("a return address inside the inlined call");
         let names: Vec<&str> = frames.iter().map(|f| f.function.as_str()).collect();
         assert!(names[1].ends_with("outer_function"), "{frames:#?}");
-        assert!(
-            frames[0]
-                .file
-                .ends_with("crates/symbols/src/dwarf.rs")
-        );
+        assert!(frames[0].file.ends_with("crates/symbols/src/dwarf.rs"));
         let source = include_str!("dwarf.rs");
         let line_of = |marker: &str| {
             source
