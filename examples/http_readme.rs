@@ -25,6 +25,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "hello\n" }))
         .nest_service("/debug/pprof", Pprof::new(profilers).into_tower());
+    // The first argument, or 127.0.0.1:8080 (`127.0.0.1:0` picks a free port).
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".into());

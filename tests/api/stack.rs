@@ -270,8 +270,9 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
 /// `leakfinder symbols` after the build, copied beside the binary, in a Dockerfile hadolint passes.
 #[test]
 fn hadolint_finds_nothing_in_the_profiling_readme_s_dockerfile_which_ships_the_table() {
-    let dockerfile = crate::examples::fenced_block(&read("crates/profiling/README.md"), "dockerfile")
-        .expect("crates/profiling/README.md has a ```dockerfile block");
+    let dockerfile =
+        crate::examples::fenced_block(&read("crates/profiling/README.md"), "dockerfile")
+            .expect("crates/profiling/README.md has a ```dockerfile block");
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("Dockerfile");
     std::fs::write(&path, &dockerfile).unwrap();
