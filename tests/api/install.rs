@@ -181,6 +181,7 @@ async fn the_installed_detector_writes_a_symbol_table_the_lab_service_uses() {
 /// `CARGO_HOME` and its own target dir; else one installed here, once for every test of this
 /// module, into a new root under the target dir.
 fn installed_detector() -> PathBuf {
+    /// One install for every test of this module: it takes minutes.
     static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
     let leakfinder = INSTALLED.get_or_init(|| match std::env::var_os(INSTALLED_ROOT) {
         Some(installed) => PathBuf::from(installed).join("bin/leakfinder"),
