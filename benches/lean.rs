@@ -509,8 +509,14 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
     );
 }
 
-/// The functions whose samples count as symbolising.
-const SYMBOLISING: &[&str] = &["leakfinder_profiling::symbols::", "addr2line::", "gimli::"];
+/// The functions whose samples count as symbolising (the debug-info reader and the prebuilt
+/// table are `leakfinder-symbols`).
+const SYMBOLISING: &[&str] = &[
+    "leakfinder_profiling::symbols::",
+    "leakfinder_symbols::",
+    "addr2line::",
+    "gimli::",
+];
 
 fn symbolising_share(table: &mut Table, minutes: u64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,11 +1,11 @@
-//! `leakfinder-lab symbols`: writes the prebuilt symbol table beside an executable, as Go binaries
-//! carry their `pclntab`, so that profiles are symbolised without reading DWARF in the process.
-
-use leakfinder_profiling::symbols::table;
+//! `leakfinder-lab symbols`: writes the prebuilt symbol table beside an executable (this one by
+//! default), as Go binaries carry their `pclntab`, so that profiles are symbolised without reading
+//! DWARF in the process. The same code as the installable `leakfinder symbols EXE`
+//! ([`leakfinder_detector::symbols`]).
 
 use crate::config::SymbolsArgs;
 
-/// `leakfinder symbols`: writes the table and says what it wrote, or why it could not.
+/// `leakfinder-lab symbols`: writes the table and says what it wrote, or why it could not.
 pub fn run(args: &SymbolsArgs) -> std::process::ExitCode {
     let executable = match &args.executable {
         Some(path) => path.clone(),
@@ -17,27 +17,5 @@ pub fn run(args: &SymbolsArgs) -> std::process::ExitCode {
             }
         },
     };
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| table::path_beside(&executable));
-    let started = std::time::Instant::now();
-    match table::write(&executable, &output) {
-        Ok(written) => {
-            println!(
-                "wrote {} ({:.1} MiB: {} address runs, {} scopes, {} strings) in {:.1} s",
-                output.display(),
-                written.bytes as f64 / (1024.0 * 1024.0),
-                written.segments,
-                written.scopes,
-                written.strings,
-                started.elapsed().as_secs_f64()
-            );
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("leakfinder symbols: {error}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    leakfinder_detector::symbols::write(&executable, args.output.as_deref())
 }

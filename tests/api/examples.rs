@@ -1,7 +1,8 @@
-//! The setups a user copies (`examples/axum.rs`, `examples/poem.rs`), run as built on port 0:
-//! each serves heap, CPU and task profiles that the real `go tool pprof` reads without the binary
-//! (`top` names the example's own leaking functions, `list` the line of the allocation and of the
-//! await), pushes its last profiles to a stand-in Pyroscope, and stops on SIGTERM.
+//! The setups a user copies (`examples/axum_service.rs`, `examples/poem_service.rs`), run as
+//! built on port 0: each serves heap, CPU and task profiles that the real `go tool pprof` reads
+//! without the binary (`top` names the example's own leaking functions, under the example's own
+//! name rather than its framework's, `list` the line of the allocation and of the await), pushes
+//! its last profiles to a stand-in Pyroscope, and stops on SIGTERM.
 //!
 //! The example binaries are the ones `cargo test` builds into `target/<profile>/examples/`; with
 //! a target selection (`--test api`) cargo does not build them, so each test builds its example
@@ -28,15 +29,152 @@ const BUILD_WITHIN: Duration = Duration::from_secs(600);
 
 #[test]
 fn the_axum_example_serves_profiles_that_name_its_leaks_and_stops_on_sigterm() {
-    check_example("axum");
+    check_example("axum_service", "axum-example");
 }
 
 #[test]
 fn the_poem_example_serves_profiles_that_name_its_leaks_and_stops_on_sigterm() {
-    check_example("poem");
+    check_example("poem_service", "poem-example");
 }
 
-fn check_example(name: &'static str) {
+/// The crate READMEs that open with a program a user pastes as `src/main.rs`, and the example that
+/// holds it.
+const PROFILING_README: (&str, &str) = ("crates/profiling/README.md", "profiling_readme");
+const HTTP_README: (&str, &str) = ("crates/http/README.md", "http_readme");
+/// The service name the READMEs' programs push as.
+const README_SERVICE: &str = "my-service";
+
+/// Both READMEs give the same dependency lines, and each names a crate of this checkout by path
+/// (the crates are not published) with features it has.
+#[test]
+fn the_crate_readmes_give_one_dependency_block_of_path_dependencies_on_this_checkout() {
+    let [profiling, http] = [PROFILING_README, HTTP_README].map(|(readme, _)| {
+        fenced_block(&repository_file(readme), "toml")
+            .unwrap_or_else(|| panic!("{readme} has a ```toml block"))
+    });
+    assert_eq!(profiling, http, "the same dependency block in both READMEs");
+    let mut crates = 0;
+    for line in profiling.lines() {
+        assert!(!line.contains("git ="), "no git dependency: {line}");
+        let Some((name, rest)) = line.split_once(" = { path = \"../leakfinder/") else {
+            continue;
+        };
+        let directory = rest.split('"').next().unwrap();
+        let manifest = repository_file(&format!("{directory}/Cargo.toml"));
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{directory} is {name}"
+        );
+        let features = rest
+            .split_once("features = [")
+            .map(|(_, list)| list.split(']').next().unwrap())
+            .unwrap_or_default();
+        for feature in features.split(',').map(|f| f.trim().trim_matches('"')) {
+            assert!(
+                feature.is_empty() || manifest.contains(&format!("\n{feature} = [")),
+                "{name} has a feature {feature}"
+            );
+        }
+        crates += 1;
+    }
+    assert_eq!(
+        crates, 2,
+        "leakfinder-profiling and leakfinder-http:\n{profiling}"
+    );
+}
+
+#[test]
+fn the_profiling_readme_s_program_pushes_its_last_profiles_on_sigterm_and_exits_0() {
+    let mut program = start_readme_program(PROFILING_README);
+    program.first_line(PROFILING_README.1, |line| line.starts_with("running"));
+    stop_readme_program(program);
+}
+
+#[test]
+fn the_http_readme_s_program_serves_pprof_and_pushes_its_last_profiles_on_sigterm() {
+    let mut program = start_readme_program(HTTP_README);
+    let line = program.first_line(HTTP_README.1, |line| line.starts_with("listening on "));
+    program.example.base = line["listening on ".len()..].trim().to_owned();
+    let heap = reqwest::blocking::get(program.example.url("/debug/pprof/heap")).unwrap();
+    assert_eq!(heap.status(), 200);
+    assert!(
+        heap.bytes().unwrap().starts_with(&[0x1f, 0x8b]),
+        "a gzipped profile"
+    );
+    stop_readme_program(program);
+}
+
+/// A README's program, running, and the stand-in Pyroscope it pushes to.
+struct ReadmeProgram {
+    example: Example,
+    pyroscope: FakePyroscope,
+}
+
+impl ReadmeProgram {
+    fn first_line(&mut self, name: &str, wanted: impl Fn(&str) -> bool) -> String {
+        self.example.first_line(name, wanted)
+    }
+}
+
+/// Checks that the README's first ```rust block is the example's program, word for word, then
+/// starts the example, pushing to a stand-in Pyroscope.
+fn start_readme_program((readme, name): (&str, &str)) -> ReadmeProgram {
+    let snippet = fenced_block(&repository_file(readme), "rust")
+        .unwrap_or_else(|| panic!("{readme} has a ```rust block"));
+    let source = example_source(name);
+    // The example is the README's program below a `//!` header that says where it comes from.
+    let program = source
+        .lines()
+        .skip_while(|line| line.starts_with("//!"))
+        .skip_while(|line| line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        snippet.trim_end(),
+        program.trim_end(),
+        "{readme}'s program is examples/{name}.rs"
+    );
+    let pyroscope = FakePyroscope::start();
+    let example = Example::spawn(name, &pyroscope.url);
+    ReadmeProgram { example, pyroscope }
+}
+
+/// SIGTERM, as `docker stop` and Kubernetes send: the program exits 0, and its last profiles
+/// (none went out before: the first push is due 10 s after the start) reach Pyroscope.
+fn stop_readme_program(mut program: ReadmeProgram) {
+    let before = program.pyroscope.received();
+    assert!(before.is_empty(), "no push before the stop: {before:?}");
+    let (status, took) = program.example.terminate(STOP_WITHIN);
+    assert_eq!(status.code(), Some(0), "exit 0 on SIGTERM, not {status}");
+    assert!(took < STOP_WITHIN, "{took:?}");
+    let pushes = program.pyroscope.received();
+    assert!(
+        pushes
+            .iter()
+            .any(|push| push.path == "/push.v1.PusherService/Push"
+                && contains(&push.body, README_SERVICE.as_bytes())
+                && contains(&push.body, b"memory")),
+        "the last heap profile pushed for {README_SERVICE}: {pushes:?}"
+    );
+}
+
+/// The text of the first fenced block of `language` in `markdown`, without its fences.
+pub fn fenced_block(markdown: &str, language: &str) -> Option<String> {
+    let opening = format!("```{language}");
+    let mut lines = markdown.lines().skip_while(|line| line.trim() != opening);
+    lines.next()?;
+    let block: Vec<&str> = lines.take_while(|line| line.trim() != "```").collect();
+    Some(block.join("\n") + "\n")
+}
+
+fn repository_file(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// The example `name` (its frames are named `name::...`, not as the framework it uses), pushing
+/// as `service`.
+fn check_example(name: &'static str, service: &str) {
     let source = example_source(name);
     let allocation = marked_line(&source, "// leak: memory");
     let await_line = marked_line(&source, "// leak: tasks");
@@ -111,7 +249,6 @@ fn check_example(name: &'static str) {
     );
     assert!(took < STOP_WITHIN, "{took:?}");
     let pushes = pyroscope.received();
-    let service = format!("{name}-example");
     assert!(
         pushes
             .iter()
@@ -155,8 +292,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn example_source(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
-    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    repository_file(&format!("examples/{name}.rs"))
 }
 
 /// The number and code of the one line marked with `marker`.
@@ -234,11 +370,27 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 struct Example {
     child: Child,
     base: String,
+    /// What it prints, line by line.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Example {
     /// Starts the example on port 0, pushing to `pyroscope`, and waits for its address.
     fn start(name: &str, pyroscope: &str) -> Self {
+        let mut example = Self::spawn(name, pyroscope);
+        let line = example.first_line(name, |line| line.starts_with("listening on "));
+        example.base = line["listening on ".len()..].trim().to_owned();
+        assert!(
+            example.base.starts_with("http://127.0.0.1:"),
+            "{}",
+            example.base
+        );
+        example
+    }
+
+    /// Starts the example with the argument `127.0.0.1:0`, pushing to `pyroscope`; what it prints
+    /// arrives in `stdout`, line by line.
+    fn spawn(name: &str, pyroscope: &str) -> Self {
         let mut child = Command::new(example_binary(name))
             .arg("127.0.0.1:0")
             .env("PYROSCOPE_SERVER_ADDRESS", pyroscope)
@@ -247,28 +399,35 @@ impl Example {
             .spawn()
             .unwrap_or_else(|error| panic!("the {name} example starts: {error}"));
         let stdout = child.stdout.take().expect("stdout is piped");
-        let (address, found) = mpsc::channel();
+        let (lines, printed) = mpsc::channel();
         // Reads stdout to its end, so that the example never writes into a closed pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(base) = line.strip_prefix("listening on ") {
-                    let _ = address.send(base.trim().to_owned());
-                }
+                let _ = lines.send(line);
             }
         });
-        let mut example = Self {
+        Self {
             child,
             base: String::new(),
-        };
-        example.base = found.recv_timeout(START_WITHIN).unwrap_or_else(|_| {
-            panic!("the {name} example prints `listening on http://ADDR` within {START_WITHIN:?}")
-        });
-        assert!(
-            example.base.starts_with("http://127.0.0.1:"),
-            "{}",
-            example.base
-        );
-        example
+            stdout: printed,
+        }
+    }
+
+    /// The first line the example prints that `wanted` accepts, within [`START_WITHIN`]; fails
+    /// if the example exits first.
+    fn first_line(&mut self, name: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        while started.elapsed() < START_WITHIN {
+            match self.stdout.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_for_exit(&mut self.child, Duration::from_secs(5));
+                    panic!("the {name} example exited ({status:?}) before it was stopped");
+                }
+            }
+        }
+        panic!("the {name} example printed no such line within {START_WITHIN:?}")
     }
 
     fn url(&self, path: &str) -> String {

@@ -1,6 +1,7 @@
 //! The detector as a user installs it: `cargo install --path crates/detector --locked` into an
 //! empty root gives a `leakfinder` binary that answers `--help`, fails clearly on a dead address,
-//! and finds the slice leak of a live lab service by its function and file.
+//! finds the slice leak of a live lab service by its function and file, and writes a symbol table
+//! the lab service uses.
 //!
 //! The install builds into this workspace's target dir, from the workspace root (so
 //! `.cargo/config.toml`'s rustflags apply, as to every other build): what the tests' build made
@@ -8,22 +9,25 @@
 //! lab's) is built once and reused after. It uses the caller's `CARGO_HOME`: cargo fingerprints a
 //! registry dependency by the absolute path of its sources, so a fresh `CARGO_HOME` would rebuild
 //! every dependency into the same file names the workspace's build uses, and that build would
-//! then rebuild them all again. The install root, where a stale `leakfinder` could hide, is new.
+//! then rebuild them all again. The install root, where a stale `leakfinder` could hide, is new
+//! (under the target dir, emptied first); the tests of this module share one install.
 //!
 //! CI (`.ci/run`) does the install from a clean `CARGO_HOME` into a target dir of its own, before
-//! the tests and not beside them, and names its root in `LEAKFINDER_INSTALL_ROOT`: this test then
-//! checks that binary.
+//! the tests and not beside them, and names its root in `LEAKFINDER_INSTALL_ROOT`: these tests
+//! then check that binary.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{BINARY, spawn_app};
+use crate::pprof::{Column, HEAP_LEAK, JOB1, go_pprof, hottest_line, leak_alone_in, top_rows};
 
 /// Where `.ci/run` installed the detector with `cargo install --root`, if it did: the test then
 /// checks that binary instead of installing one itself.
@@ -43,24 +47,9 @@ async fn the_installed_detector_finds_the_slice_leak_of_a_live_service() {
         .prefix("leakfinder-install-")
         .tempdir()
         .unwrap();
-    let root = scratch.path().join("root");
-    let leakfinder = match std::env::var_os(INSTALLED_ROOT) {
-        // `.ci/run` installed it already, alone, in a clean CARGO_HOME and its own target dir.
-        Some(installed) => PathBuf::from(installed).join("bin/leakfinder"),
-        None => {
-            let into = root.clone();
-            let leakfinder = tokio::task::spawn_blocking(move || install(&into))
-                .await
-                .unwrap();
-            assert_eq!(leakfinder, root.join("bin/leakfinder"));
-            leakfinder
-        }
-    };
-    assert!(
-        leakfinder.is_file(),
-        "{} is installed",
-        leakfinder.display()
-    );
+    let leakfinder = tokio::task::spawn_blocking(installed_detector)
+        .await
+        .unwrap();
 
     let help = run(&leakfinder, &["--help"], Duration::from_secs(10));
     assert_eq!(help.code, Some(0), "{}", help.stderr);
@@ -138,6 +127,79 @@ async fn the_installed_detector_finds_the_slice_leak_of_a_live_service() {
         "{slice:#}"
     );
     assert!(out.join("heap-first.pb.gz").exists() && out.join("heap-last.pb.gz").exists());
+}
+
+/// `leakfinder symbols EXE`, installed, writes the table of a copy of the lab's binary beside it;
+/// the copy symbolises through that table (it says so), and its heap profile names the slice
+/// leak and its line as with the debug info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installed_detector_writes_a_symbol_table_the_lab_service_uses() {
+    let leakfinder = tokio::task::spawn_blocking(installed_detector)
+        .await
+        .unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let binary = directory.path().join("leakfinder-lab");
+    std::fs::copy(BINARY, &binary).unwrap();
+    let args = ["symbols".to_owned(), binary.display().to_string()];
+    let written = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&leakfinder, &args, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    assert_eq!(written.code, Some(0), "{}", written.stderr);
+    let table = directory.path().join("leakfinder-lab.symbols");
+    assert!(
+        written
+            .stdout
+            .starts_with(&format!("wrote {} (", table.display())),
+        "{}",
+        written.stdout
+    );
+    assert!(table.is_file());
+
+    let app = leak_alone_in(&binary, "slice", HEAP_LEAK).await;
+    assert!(
+        app.logs()
+            .iter()
+            .any(|line| line.contains("symbolising through the prebuilt symbol table")),
+        "{:#?}",
+        app.logs()
+    );
+    let heap = app.url("/debug/pprof/heap");
+    let rows = top_rows(&go_pprof(&["-top"], &heap));
+    assert_eq!(rows[0].name, JOB1, "{rows:#?}");
+    let list = go_pprof(&["-list", "run_leaker_job1_simple_slice"], &heap);
+    let (line, _) = hottest_line(&list, Column::Flat);
+    assert!(
+        line.contains("lock(&LEAKY_STORE_1).push(vec![FILL_BYTE; len]);"),
+        "{list}"
+    );
+}
+
+/// The `leakfinder` binary the tests check: the one `.ci/run` installed, alone, in a clean
+/// `CARGO_HOME` and its own target dir; else one installed here, once for every test of this
+/// module, into a new root under the target dir.
+fn installed_detector() -> PathBuf {
+    /// One install for every test of this module: it takes minutes.
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    let leakfinder = INSTALLED.get_or_init(|| match std::env::var_os(INSTALLED_ROOT) {
+        Some(installed) => PathBuf::from(installed).join("bin/leakfinder"),
+        None => {
+            let root = target_dir().join("install-test-root");
+            // A new root: a stale `leakfinder` from an earlier run must not pass for this one.
+            let _ = std::fs::remove_dir_all(&root);
+            let leakfinder = install(&root);
+            assert_eq!(leakfinder, root.join("bin/leakfinder"));
+            leakfinder
+        }
+    });
+    assert!(
+        leakfinder.is_file(),
+        "{} is installed",
+        leakfinder.display()
+    );
+    leakfinder.clone()
 }
 
 /// `cargo install --path crates/detector --locked --root ROOT`, from the workspace root into its

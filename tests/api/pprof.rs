@@ -125,7 +125,7 @@ async fn leak_alone(kind: &str, bytes: u64) -> TestApp {
 }
 
 /// [`leak_alone`] with another copy of the binary.
-async fn leak_alone_in(binary: &Path, kind: &str, bytes: u64) -> TestApp {
+pub async fn leak_alone_in(binary: &Path, kind: &str, bytes: u64) -> TestApp {
     let app = spawn_binary(
         binary,
         &[
@@ -144,10 +144,10 @@ async fn leak_alone_in(binary: &Path, kind: &str, bytes: u64) -> TestApp {
     app
 }
 
-const HEAP_LEAK: u64 = 96 << 20;
+pub const HEAP_LEAK: u64 = 96 << 20;
 
 /// The names `top` shows, which the README's walkthrough promises (checked below).
-const JOB1: &str = "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}";
+pub const JOB1: &str = "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}";
 const JOB2_TASK: &str =
     "leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}";
 const JOB3: &str = "leakfinder::leaks::map::run_leaker_job3_mutex_map::{{closure}}";

@@ -266,6 +266,30 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
     ));
 }
 
+/// The profiling crate's README shows how a user's own image ships the symbol table: written by
+/// `leakfinder symbols` after the build, copied beside the binary, in a Dockerfile hadolint passes.
+#[test]
+fn hadolint_finds_nothing_in_the_profiling_readme_s_dockerfile_which_ships_the_table() {
+    let dockerfile =
+        crate::examples::fenced_block(&read("crates/profiling/README.md"), "dockerfile")
+            .expect("crates/profiling/README.md has a ```dockerfile block");
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("Dockerfile");
+    std::fs::write(&path, &dockerfile).unwrap();
+    let output = run("hadolint", &[path.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}{}\n{dockerfile}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dockerfile.contains("cargo install --path /src/leakfinder/crates/detector --locked"));
+    assert!(dockerfile.contains("&& leakfinder symbols target/release/my-service\n"));
+    assert!(dockerfile.contains(
+        "COPY --from=builder /src/my-service/target/release/my-service /src/my-service/target/release/my-service.symbols /usr/local/bin/"
+    ));
+}
+
 /// Every `(datasource uid, target)` of the dashboard.
 fn dashboard_targets() -> Vec<(String, Value)> {
     dashboard()["panels"]

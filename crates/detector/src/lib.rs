@@ -14,7 +14,8 @@
 //!   a leak named from one profile, one that is young but fast, one that rose and held (pure);
 //! - [`goroutines`] reads Go's goroutine dump (`debug=2`): ids, waits and stacks (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
-//! - [`scan`] is the `leakfinder scan` command.
+//! - [`scan`] is the `leakfinder scan` command;
+//! - [`symbols`] is the `leakfinder symbols` command: a service's prebuilt symbol table.
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
@@ -27,6 +28,7 @@ pub mod profile;
 pub mod sampler;
 pub mod scan;
 pub mod survival;
+pub mod symbols;
 
 use std::collections::{BTreeMap, HashSet};
 

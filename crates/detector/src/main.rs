@@ -1,10 +1,12 @@
 //! The `leakfinder` command: `leakfinder scan URL` watches a service's pprof endpoints and says
-//! what leaks. The analysis is the library; this is its command line.
+//! what leaks; `leakfinder symbols EXE` writes a service's symbol table beside its binary. The
+//! analysis is the library; this is its command line.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use leakfinder_detector::scan::{self, ScanArgs};
+use leakfinder_detector::symbols::{self, SymbolsArgs};
 
 /// Finds memory and task leaks in services that serve pprof profiles.
 #[derive(Debug, Parser)]
@@ -20,10 +22,15 @@ enum Command {
     /// 1: leaks found, 2: error). Works on leakfinder's own endpoints and on any Go
     /// `net/http/pprof` service.
     Scan(ScanArgs),
+    /// Writes the prebuilt symbol table of a service's executable beside it (`EXE.symbols`),
+    /// so the service symbolises its profiles without reading its debug info (exit 0: written,
+    /// 1: error).
+    Symbols(SymbolsArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scan(args) => scan::run(&args),
+        Command::Symbols(args) => symbols::run(&args),
     }
 }

@@ -12,10 +12,10 @@
 //! `symbolising_cpu_ms`), and built on threads whose allocations jemalloc does not sample, so it
 //! never shows in the heap profile it helps to produce.
 
-pub mod dwarf;
-mod lines;
 pub mod objects;
-pub mod table;
+/// The debug-info reader and the prebuilt table, from `leakfinder-symbols` (which the
+/// `leakfinder` command writes tables with), under the paths they have always had here.
+pub use leakfinder_symbols::{dwarf, table};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};

@@ -232,7 +232,7 @@ pub fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbols::dwarf::DebugInfo;
+    use crate::dwarf::DebugInfo;
 
     /// gimli's rows for a whole program, as `Row`s.
     fn gimli_rows(program: gimli::IncompleteLineProgram<Reader>) -> Vec<Row> {
@@ -268,9 +268,9 @@ mod tests {
     fn the_hand_run_program_matches_gimlis_rows_and_each_sequence_runs_alone() {
         let info = DebugInfo::executable().expect("this test binary has debug info");
         let (mut checked_units, mut checked_sequences) = (0, 0);
-        // About 40 units spread over the binary, whatever its size.
-        let step = (info.line_programs().count() / 40).max(1);
-        for program in info.line_programs().step_by(step).take(60) {
+        // About 120 units spread over the binary, whatever its size.
+        let step = (info.line_programs().count() / 120).max(1);
+        for program in info.line_programs().step_by(step).take(150) {
             let (expected, ours) = both_runs(&program);
             let rows: Vec<Row> = ours.iter().map(|&(row, _)| row).collect();
             assert_eq!(rows, expected, "every row of the unit's program");

@@ -1,18 +1,18 @@
-//! leakfinder in an axum service: heap, CPU and task profiles at `/debug/pprof` that
+//! leakfinder in a poem service: heap, CPU and task profiles at `/debug/pprof` that
 //! `go tool pprof` reads without the binary, and a Pyroscope push when `PYROSCOPE_SERVER_ADDRESS`
-//! is set. The 9 lines marked `// leakfinder: N/9` are all the setup a service adds for
+//! is set. The 8 lines marked `// leakfinder: N/8` are all the setup a service adds for
 //! the three profiles and the push (which sends its last profiles when dropped, at exit).
 //! Everything else is the service, with two deliberate leaks to find.
 //!
 //! ```text
-//! cargo run --release --example axum [ADDR]    # ADDR: 127.0.0.1:0 unless given; pushes with
-//!                                              # PYROSCOPE_SERVER_ADDRESS=http://HOST:4040
+//! cargo run --release --example poem_service [ADDR]  # ADDR: 127.0.0.1:0 unless given
+//! # with PYROSCOPE_SERVER_ADDRESS=http://HOST:4040 set, it pushes there too
 //! # prints `listening on http://127.0.0.1:PORT`, then:
-//! curl http://127.0.0.1:PORT/leak              # 8 MiB and 100 parked tasks more, each time
-//! go tool pprof -top http://127.0.0.1:PORT/debug/pprof/heap            # axum::leak_memory
+//! curl http://127.0.0.1:PORT/leak                    # 8 MiB and 100 parked tasks more, each time
+//! go tool pprof -top http://127.0.0.1:PORT/debug/pprof/heap     # poem_service::leak_memory
 //! go tool pprof -list leak_memory http://127.0.0.1:PORT/debug/pprof/heap
 //! go tool pprof -list leak_tasks http://127.0.0.1:PORT/debug/pprof/goroutine
-//! curl http://127.0.0.1:PORT/spin &            # 3 s of CPU, while a 2 s CPU profile is read:
+//! curl http://127.0.0.1:PORT/spin &                  # 3 s of CPU, while a 2 s CPU profile is read:
 //! go tool pprof -top 'http://127.0.0.1:PORT/debug/pprof/profile?seconds=2'
 //! ```
 //!
@@ -24,20 +24,19 @@
 //! It needs what this repository's `.cargo/config.toml` and release profile set:
 //! `--cfg tokio_unstable`, `-C force-frame-pointers=yes` and `debug = "limited"`.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::Router;
-use axum::routing::get;
 use leakfinder_http::Pprof;
 use leakfinder_profiling::Profilers;
 use leakfinder_profiling::push::ProfilePush;
 use leakfinder_profiling::tasks::root;
+use poem::listener::TcpAcceptor;
+use poem::{Route, Server, get, handler};
 use tokio::sync::oneshot;
 
-leakfinder_profiling::jemalloc!(); // leakfinder: 1/9, jemalloc + malloc_conf, heap profiling on
+leakfinder_profiling::jemalloc!(); // leakfinder: 1/8, jemalloc + malloc_conf, heap profiling on
 
 /// What one `/leak` keeps, in chunks of [`CHUNK_BYTES`].
 const LEAK_BYTES: usize = 8 << 20;
@@ -50,6 +49,8 @@ const LEAK_TASKS: usize = 100;
 const MAX_LEAKED_TASKS: usize = 1000;
 /// The CPU one `/spin` burns.
 const SPIN: Duration = Duration::from_secs(3);
+/// How long requests in flight may delay a stop.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// The memory leak: chunks kept for good. Global, as leaked memory outlives every request.
 static LEAKED_CHUNKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -60,32 +61,32 @@ static UNSENT_REPLIES: Mutex<Vec<oneshot::Sender<()>>> = Mutex::new(Vec::new());
 fn main() -> anyhow::Result<()> {
     let addr = std::env::args().nth(1);
     let addr = addr.as_deref().unwrap_or("127.0.0.1:0");
-    let mut runtime = tokio::runtime::Builder::new_multi_thread(); // leakfinder: 2/9
-    leakfinder_profiling::tasks::install(runtime.enable_all()); // leakfinder: 3/9, task hooks
-    runtime.build()?.block_on(serve(addr)) // leakfinder: 4/9, instead of #[tokio::main]
+    let mut runtime = tokio::runtime::Builder::new_multi_thread(); // leakfinder: 2/8
+    leakfinder_profiling::tasks::install(runtime.enable_all()); // leakfinder: 3/8, task hooks
+    runtime.build()?.block_on(serve(addr)) // leakfinder: 4/8, instead of #[tokio::main]
 }
 
 /// Serves on `addr` until SIGTERM or ctrl-c.
 async fn serve(addr: &str) -> anyhow::Result<()> {
-    let source_root = env!("CARGO_MANIFEST_DIR"); // leakfinder: 5/9, profiles show paths under it
-    let profilers = Arc::new(Profilers::new().with_source_root(source_root)); // leakfinder: 6/9
-    let _push = ProfilePush::from_env("axum-example", &profilers)?; // leakfinder: 7/9, Pyroscope
-    let app = Router::new()
-        .route("/leak", get(leak))
-        .route("/spin", get(spin))
-        .nest_service("/debug/pprof", Pprof::new(profilers).into_tower()); // leakfinder: 8/9
+    let source_root = env!("CARGO_MANIFEST_DIR"); // leakfinder: 5/8, profiles show paths under it
+    let profilers = Arc::new(Profilers::new().with_source_root(source_root)); // leakfinder: 6/8
+    let _push = ProfilePush::from_env("poem-example", &profilers)?; // leakfinder: 7/8, Pyroscope
+    let app = Route::new()
+        .at("/leak", get(leak))
+        .at("/spin", get(spin))
+        .nest("/debug/pprof", Pprof::new(profilers).into_poem()); // leakfinder: 8/8
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>(); // leakfinder: 9/9, the peer
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?)
+        .run_with_graceful_shutdown(app, shutdown_signal(), Some(GRACE))
         .await?;
     Ok(())
 }
 
 /// `GET /leak`: both leaks grow.
+#[handler]
 async fn leak() -> String {
     let bytes = leak_memory();
     let tasks = leak_tasks();
@@ -93,6 +94,7 @@ async fn leak() -> String {
 }
 
 /// `GET /spin`: burns [`SPIN`] of CPU on a blocking thread.
+#[handler]
 async fn spin() -> String {
     let result = tokio::task::spawn_blocking(|| burn_cpu(SPIN)).await;
     format!("spun: {}\n", result.is_ok())

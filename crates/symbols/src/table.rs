@@ -50,11 +50,25 @@ pub enum TableError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// The file is not a table of this format (wrong magic, truncated, inconsistent sizes), or
-    /// the executable is not an ELF file.
+    /// The file is not a table of this format (wrong magic, truncated, inconsistent sizes).
     #[error("{path} is not a symbol table of this format")]
     Format {
         /// The file.
+        path: PathBuf,
+    },
+    /// The executable is not an ELF file.
+    #[error("{path} is not an ELF executable")]
+    NotElf {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The executable's debug info describes no code (built without debug info, or stripped):
+    /// a table of it would name nothing the service cannot name without it.
+    #[error(
+        "{path} has no debug info to build a table from: build it with `debug = \"limited\"` (or more) and without `strip`"
+    )]
+    NoDebugInfo {
+        /// The executable.
         path: PathBuf,
     },
     /// The table carries another build ID than the executable's: it was written for an earlier
@@ -111,7 +125,7 @@ pub fn build_id(path: &Path) -> Result<Vec<u8>, TableError> {
     // unmapped when this function returns.
     #[allow(unsafe_code)]
     let data = unsafe { Mmap::map(&file) }.map_err(io)?;
-    let object = object::File::parse(&*data).map_err(|_| TableError::Format {
+    let object = object::File::parse(&*data).map_err(|_| TableError::NotElf {
         path: path.to_owned(),
     })?;
     match object::Object::build_id(&object) {
@@ -171,6 +185,11 @@ pub fn write(executable: &Path, output: &Path) -> Result<Written, TableError> {
             path: executable.to_owned(),
             message: error.to_string(),
         })?;
+    if builder.segments.is_empty() {
+        return Err(TableError::NoDebugInfo {
+            path: executable.to_owned(),
+        });
+    }
     builder.add_symbols(&info.text_symbols());
     let bytes = builder.encode(&build_id)?;
     let temporary = output.with_extension("symbols.partial");
@@ -556,7 +575,7 @@ mod tests {
         let mut probes: Vec<u64> = object
             .symbols()
             .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.size() > 4)
-            .step_by(7)
+            .step_by(2)
             .flat_map(|symbol| {
                 let (start, size) = (symbol.address(), symbol.size());
                 [start, start + size / 3, start + size / 2, start + size - 1]
