@@ -10,6 +10,7 @@ mod detector;
 mod endpoints;
 mod examples;
 mod fleet;
+mod goroutine;
 mod install;
 mod leaks;
 mod lifecycle;
