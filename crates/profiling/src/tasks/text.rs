@@ -2,13 +2,13 @@
 //! (pure): `?debug=1`, Go's legacy count format, which `go tool pprof` parses; and `?debug=2`,
 //! Go's goroutine dump, which tools built for Go's dumps (panicparse) read.
 //!
-//! `?debug=1`, as Go's `runtime/pprof` writes it (`printCountProfile`):
+//! `?debug=1`, as Go's `runtime/pprof` writes it (`printCountProfile`; tabs shown as spaces):
 //! ```text
 //! goroutine profile: total 305
 //! 300 @ 0x55d0c1a2b3c5 0x55d0c1a2b4d6 0x55d0c1f00011
 //! # labels: {"wait":"chan send"}
-//! #	0x55d0c1a2b4d5	leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}+0x1a5	src/leaks/channel.rs:66
-//! #	0x55d0c1f00010	created by leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}	src/leaks/channel.rs:58
+//! #    0x55d0c1a2b4d5    leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}+0x1a5    src/leaks/channel.rs:66
+//! #    0x55d0c1f00010    created by leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}    src/leaks/channel.rs:58
 //! ```
 //! One record per distinct stack and wait, most tasks first, each `N @` and its return
 //! addresses: one more than the protobuf profile's location addresses, which `go tool pprof`
@@ -19,13 +19,13 @@
 //! runtime's frames at the leaf are left out of them (not out of the `@` line), as Go leaves out
 //! `runtime.*` there.
 //!
-//! `?debug=2`, as Go's `runtime.Stack` writes every goroutine:
+//! `?debug=2`, as Go's `runtime.Stack` writes every goroutine (the file lines start with a tab):
 //! ```text
 //! goroutine 903 [chan send, 5 minutes]:
 //! leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}}::{{closure}}(...)
-//! 	src/leaks/channel.rs:66 +0x1a6
+//!     src/leaks/channel.rs:66 +0x1a6
 //! created by leakfinder::leaks::channel::run_leaker_job2_channel_task_block::{{closure}} in goroutine 12
-//! 	src/leaks/channel.rs:58 +0x2b3
+//!     src/leaks/channel.rs:58 +0x2b3
 //! ```
 //! Every task gets an entry, in id order, a blank line between two; no counts. The header's
 //! minutes are the time the task has been parked, shown from 1 minute up as Go shows a
@@ -682,7 +682,7 @@ mod tests {
             .collect();
         assert!(
             ids.iter()
-                .all(|&id| id >= SYNTHETIC_IDS && id < 1_000_000_000_000_000_000)
+                .all(|id| (SYNTHETIC_IDS..1_000_000_000_000_000_000).contains(id))
         );
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
         goroutines.sort_by_key(|g| g.contains("hyper"));
