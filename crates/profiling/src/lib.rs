@@ -162,7 +162,7 @@ impl Profilers {
         self.task_job(tasks::profile).await
     }
 
-    /// The task profile in one of Go's text forms (`?debug=1`, `?debug=2`; see [`tasks::text`]).
+    /// The task profile in one of Go's text forms (`?debug=1`, `?debug=2`; see [`mod@tasks::text`]).
     /// As [`Self::tasks`], it fails with [`ProfilingError::Timeout`] rather than wait long.
     pub async fn tasks_text(&self, form: tasks::TextForm) -> Result<String, ProfilingError> {
         self.task_job(move |symbols| tasks::text(symbols, form))

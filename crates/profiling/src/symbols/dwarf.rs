@@ -690,7 +690,7 @@ impl DebugInfo {
 
     /// The start of the `.symtab` function holding each of `sorted` (file addresses, sorted), by
     /// address: where Go's text forms count a frame's `+0x` offset from. One pass over the symbol
-    /// table, as [`Self::name_from_symbols`]; addresses no function symbol holds are left out.
+    /// table, as naming from `.symtab` does; addresses no function symbol holds are left out.
     pub fn function_starts(&self, sorted: &[u64]) -> HashMap<u64, u64> {
         let mut starts = HashMap::new();
         if sorted.is_empty() {

@@ -8,7 +8,7 @@
 //! - [`walk`] reads those await stacks from frame pointers;
 //! - [`mod@profile`] turns counts, traces and symbolised frames into the pprof profile, with each
 //!   task root's age and time parked as labels (pure);
-//! - [`text`] writes Go's text forms of the same stacks, `?debug=1` and `?debug=2` (pure).
+//! - [`mod@text`] writes Go's text forms of the same stacks, `?debug=1` and `?debug=2` (pure).
 //!
 //! tokio's runtime-wide `Handle::dump` is not used: it stops every worker at a barrier and steals
 //! their queues, and in tokio 1.54 it can spin a worker for ever, wedging the service. Here a
@@ -54,7 +54,7 @@ pub fn profile(symbols: &crate::symbols::Symbolizer) -> Vec<TaskStack> {
     profile::assemble(&groups, &raw.sites, &frames)
 }
 
-/// The task profile in one of Go's text forms, now: [`profile`], with each frame's offset in its
+/// The task profile in one of Go's text forms, now: [`profile()`], with each frame's offset in its
 /// function read from the symbol tables. Blocking.
 pub fn text(symbols: &crate::symbols::Symbolizer, form: TextForm) -> String {
     let stacks = profile(symbols);

@@ -1,6 +1,6 @@
 //! The task profile, built from what [`super::sites`] counted and [`super::roots`] traced: pure
 //! functions from raw addresses, spawn-site counts and symbolised frames to a goroutine-style
-//! pprof profile ([`super::text`] writes Go's text forms of the same stacks).
+//! pprof profile ([`mod@super::text`] writes Go's text forms of the same stacks).
 //!
 //! A stack is, for a traced task, the frames from the tokio leaf it waits in up to its root
 //! future, with what it waits for; for the rest (tasks spawned by libraries, or busy right now),
@@ -116,7 +116,9 @@ pub struct TraceGroup<'a> {
 
 /// The one stack a parked task shows. A task parked in several awaits at once (`join!`,
 /// `select!`) reaches a leaf in each, in an order that changes from trace to trace (`select!`
-/// starts at a random branch): the same one of them is shown every time, the least by address.
+/// starts at a random branch): the least by address is shown, so the same await every time.
+/// (`select!`'s polling loop may be unrolled: the same await can still be reached from another
+/// call site of the same line, a different address for the same frames.)
 fn parked_stack(traced: &Traced) -> &[u64] {
     match traced {
         Traced::Parked(stacks) => stacks.iter().min().map_or(&[][..], Vec::as_slice),
