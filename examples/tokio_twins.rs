@@ -174,10 +174,13 @@ async fn goroutine(Data(symbols): Data<&Arc<Symbolizer>>) -> Response {
 #[handler]
 async fn goroutine_text(Data(symbols): Data<&Arc<Symbolizer>>) -> String {
     let symbols = Arc::clone(symbols);
-    let stacks = tokio::task::spawn_blocking(move || tasks::profile(&symbols))
+    let form = tasks::TextForm {
+        debug: 1,
+        runtime: false,
+    };
+    tokio::task::spawn_blocking(move || tasks::text(&symbols, form))
         .await
-        .unwrap_or_default();
-    tasks::render_text(&stacks, 1)
+        .unwrap_or_default()
 }
 
 fn main() -> std::io::Result<()> {

@@ -248,7 +248,6 @@ mod tests {
 
     fn group(count: u64, frames: &[(&str, &str, u32)]) -> TaskStack {
         TaskStack {
-            ids: Vec::new(),
             count,
             stack: frames
                 .iter()
@@ -260,6 +259,7 @@ mod tests {
                 })
                 .collect(),
             wait: "chan send",
+            ..TaskStack::default()
         }
     }
 

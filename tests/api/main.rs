@@ -11,6 +11,7 @@ mod detector;
 mod endpoints;
 mod examples;
 mod fleet;
+mod goroutine;
 mod install;
 mod leaks;
 mod lifecycle;

@@ -378,7 +378,7 @@ async fn the_task_profile_has_text_forms_an_alias_and_wait_labels() {
         .text()
         .await
         .unwrap();
-    assert!(text.starts_with("task profile: total "), "{text}");
+    assert!(text.starts_with("goroutine profile: total "), "{text}");
     assert!(
         text.contains("# labels: {\"wait\":\"chan send\"}"),
         "{text}"
@@ -399,9 +399,10 @@ async fn the_task_profile_has_text_forms_an_alias_and_wait_labels() {
         .text()
         .await
         .unwrap();
-    let blocked = per_task.matches("[chan send]:").count();
+    let blocked = per_task.matches(" [chan send]:\n").count();
     assert!(blocked >= 15, "one entry per blocked task, got {blocked}");
-    assert!(per_task.contains("src/leaks/channel.rs:"), "{per_task}");
+    assert!(per_task.contains("\n\tsrc/leaks/channel.rs:"), "{per_task}");
+    assert!(per_task.starts_with("goroutine "), "{per_task}");
 
     let labels = go_pprof(&["-tags"], &app.url("/debug/pprof/tasks"));
     assert!(labels.contains("chan send"), "{labels}");
@@ -409,6 +410,13 @@ async fn the_task_profile_has_text_forms_an_alias_and_wait_labels() {
     let bad = app.get_json("/debug/pprof/goroutine?debug=3", 400).await;
     assert!(
         bad["valid"].as_str().unwrap().contains("debug is 0"),
+        "{bad}"
+    );
+    let bad = app
+        .get_json("/debug/pprof/goroutine?debug=2&runtime=yes", 400)
+        .await;
+    assert!(
+        bad["valid"].as_str().unwrap().contains("runtime is 0"),
         "{bad}"
     );
 }

@@ -14,13 +14,31 @@
 //! | `/debug/pprof/` | an HTML index |
 //! | `heap` | the heap (jemalloc): Go's `alloc_*` and `inuse_*` sample types, the `age` of live memory, allocator frames trimmed |
 //! | `profile?seconds=N` | CPU profile of the next N seconds (1 to 60, default 30) |
-//! | `goroutine?debug=N`, `tasks` | tokio tasks: `debug=0` protobuf, `1` text with counts, `2` every task |
+//! | `goroutine?debug=N&runtime=M`, `tasks` | tokio tasks as Go's goroutine profile: `debug=0` protobuf, `1` Go's legacy text with counts, `2` Go's goroutine dump of every task; `runtime=1` shows tokio's and std's frames |
 //! | `cmdline` | the arguments, NUL-separated |
 //! | `symbol?0x1a2b+0x3c4d` | names of addresses, as Go's `symbol` (GET only) |
 //! | `allocs` | the same profile with `alloc_space` shown by default, as Go's |
 //!
 //! Every error is JSON (`{"status": 400, "error": "...", "valid": "..."}`). GET and HEAD are
 //! served; OPTIONS answers 204, any other method 405, both with `Allow`.
+//!
+//! # The task profile
+//! `goroutine` (sample type `goroutine`/`count`) has one sample per distinct stack, wait and age
+//! bucket (four per octave of age), with labels `wait` (string: `chan send`, `mutex lock`, ...,
+//! `running`, `untraced`), `age` and `parked` (seconds: the mean time since the tasks were
+//! spawned and since their last poll left them parked, for task roots only) and `spawned`
+//! (count: tasks ever spawned at the spawn site). `go tool pprof -tags` shows them;
+//! `-tagfocus=age=60s:` keeps tasks a minute old or more.
+//!
+//! `debug=1` is Go's legacy text format (`goroutine profile: total N`, then `N @ 0x...` per
+//! stack with `#` frame lines), which `go tool pprof` reads with the same stacks and counts as
+//! the protobuf form. `debug=2` is Go's goroutine dump: `goroutine 903 [chan send, 5 minutes]:`
+//! (minutes parked, from 1 up), frames `function(...)` and `\tfile:line +0x1a`, `created by F in
+//! goroutine N`, every task in id order. Both hide the runtime's frames (tokio's, std's and the
+//! tracer's) as Go hides its runtime's; `runtime=1` shows them. A task with no tokio id known
+//! (counted by spawn site only, or not yet polled) gets a synthetic id from
+//! 900000000000000000 up, a band of a billion per spawn site: tokio numbers tasks from 1, so its
+//! ids reach that range only after 9×10^17 spawns.
 //!
 //! # Access
 //! Secure by default: only loopback peers are served ([`Access`]), as linkerd's admin server
@@ -194,16 +212,19 @@ impl Pprof {
                 Ok(profile) => Reply::profile("profile", &profile),
                 Err(error) => Reply::failure(&error),
             },
-            Route::Tasks { debug } => match profilers.tasks().await {
-                Ok(stacks) if debug == 0 => {
-                    Reply::profile("goroutine", &tasks::build_profile(&stacks))
-                }
-                Ok(stacks) => Reply::ok(
-                    "text/plain; charset=utf-8",
-                    tasks::render_text(&stacks, debug).into_bytes(),
-                ),
+            Route::Tasks { debug: 0, .. } => match profilers.tasks().await {
+                Ok(stacks) => Reply::profile("goroutine", &tasks::build_profile(&stacks)),
                 Err(error) => Reply::failure(&error),
             },
+            Route::Tasks { debug, runtime } => {
+                match profilers
+                    .tasks_text(tasks::TextForm { debug, runtime })
+                    .await
+                {
+                    Ok(text) => Reply::ok("text/plain; charset=utf-8", text.into_bytes()),
+                    Err(error) => Reply::failure(&error),
+                }
+            }
             Route::Cmdline => {
                 let arguments: Vec<String> = std::env::args_os()
                     .map(|argument| argument.to_string_lossy().into_owned())
@@ -309,11 +330,18 @@ trimmed, so flat bytes land on the code that allocated.</td><td>none</td></tr>
 <td>CPU profile (99 Hz). Overlapping requests share the one sampler's windows.</td>
 <td><code>seconds</code>: 1 to 60, default 30</td></tr>
 <tr><td><a href="goroutine?debug=1">goroutine</a></td>
-<td>Tokio tasks, as Go's goroutine profile: one sample per distinct stack, its value the number
-of tasks there, labelled with what they wait for (<code>wait</code>), each stack ending in the
-<code>created by</code> frame of its spawn site. Taken without pausing the runtime.</td>
-<td><code>debug</code>: 0 protobuf (default), <a href="goroutine?debug=1">1</a> text with counts,
-<a href="goroutine?debug=2">2</a> one entry per task</td></tr>
+<td>Tokio tasks, as Go's goroutine profile: one sample per distinct stack, wait and age bucket,
+its value the number of tasks there, each stack ending in the <code>created by</code> frame of its
+spawn site. Labels: <code>wait</code> (what they wait for), <code>age</code> and
+<code>parked</code> (seconds since spawned and since parked, for task roots), <code>spawned</code>
+(tasks ever spawned at the site); try <code>-tags</code> and <code>-tagfocus=age=60s:</code>.
+Text forms as Go's: <code>debug=1</code> counts per stack (<code>go tool pprof</code> reads it),
+<code>debug=2</code> every task by id (<code>goroutine 903 [chan send, 5 minutes]:</code>; tasks
+with no tokio id get ids from 900000000000000000 up). Taken without pausing the runtime.</td>
+<td><code>debug</code>: 0 protobuf (default), <a href="goroutine?debug=1">1</a> Go's text with
+counts, <a href="goroutine?debug=2">2</a> Go's dump of every task;
+<code>runtime</code>: <a href="goroutine?debug=2&amp;runtime=1">1</a> shows tokio's and std's
+frames, hidden by default as Go hides its runtime's</td></tr>
 <tr><td><a href="tasks?debug=1">tasks</a></td><td>Alias of goroutine.</td>
 <td>as goroutine</td></tr>
 <tr><td><a href="cmdline">cmdline</a></td><td>The process's arguments, NUL-separated.</td>

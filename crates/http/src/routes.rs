@@ -23,10 +23,14 @@ pub enum Route {
         /// How long to sample.
         seconds: u64,
     },
-    /// `goroutine?debug=N` (alias `tasks`): tokio tasks as Go's goroutine profile.
+    /// `goroutine?debug=N&runtime=M` (alias `tasks`): tokio tasks as Go's goroutine profile.
     Tasks {
-        /// 0: pprof protobuf; 1: text, counts per stack; 2: text, one entry per task.
+        /// 0: pprof protobuf; 1: Go's legacy text, counts per stack; 2: Go's goroutine dump,
+        /// one entry per task.
         debug: u8,
+        /// `runtime=1`: the text forms show the runtime's frames too (tokio's, the standard
+        /// library's, the tracer's), which they hide by default as Go hides its runtime's.
+        runtime: bool,
     },
     /// `cmdline`: the process's arguments, NUL-separated.
     Cmdline,
@@ -74,15 +78,25 @@ impl Route {
             }
             "goroutine" | "tasks" => {
                 let debug = param(query, "debug");
-                bounded(debug.as_deref(), 0, 0, 2)
-                    .map(|debug| Self::Tasks { debug: debug as u8 })
-                    .ok_or_else(|| {
-                        bad_request(
-                            format!("invalid debug: {:?}", debug.unwrap_or_default()),
-                            "debug is 0 (pprof protobuf, default), 1 (text, counts per stack) \
-                             or 2 (text, every task)",
-                        )
-                    })
+                let debug = bounded(debug.as_deref(), 0, 0, 2).ok_or_else(|| {
+                    bad_request(
+                        format!("invalid debug: {:?}", debug.unwrap_or_default()),
+                        "debug is 0 (pprof protobuf, default), 1 (Go's text, counts per stack) \
+                         or 2 (Go's goroutine dump, every task)",
+                    )
+                })?;
+                let runtime = param(query, "runtime");
+                let runtime = bounded(runtime.as_deref(), 0, 0, 1).ok_or_else(|| {
+                    bad_request(
+                        format!("invalid runtime: {:?}", runtime.unwrap_or_default()),
+                        "runtime is 0 (hide tokio's and std's frames, as Go hides its runtime's; \
+                         default) or 1 (show them)",
+                    )
+                })?;
+                Ok(Self::Tasks {
+                    debug: debug as u8,
+                    runtime: runtime == 1,
+                })
             }
             "cmdline" => Ok(Self::Cmdline),
             "symbol" => symbol_addresses(query).map(|addresses| Self::Symbol { addresses }),
@@ -191,8 +205,20 @@ mod tests {
             ("/allocs", Route::Allocs),
             ("/cmdline", Route::Cmdline),
             ("/profile", Route::Cpu { seconds: 30 }),
-            ("/goroutine", Route::Tasks { debug: 0 }),
-            ("/tasks", Route::Tasks { debug: 0 }),
+            (
+                "/goroutine",
+                Route::Tasks {
+                    debug: 0,
+                    runtime: false,
+                },
+            ),
+            (
+                "/tasks",
+                Route::Tasks {
+                    debug: 0,
+                    runtime: false,
+                },
+            ),
             ("/symbol", Route::Symbol { addresses: vec![] }),
         ] {
             assert_eq!(Route::parse(path, None), Ok(route), "{path}");
@@ -225,19 +251,40 @@ mod tests {
     }
 
     #[test]
-    fn debug_is_0_1_or_2() {
-        for (query, debug) in [("debug=0", 0), ("debug=1", 1), ("debug=2", 2), ("", 0)] {
+    fn debug_is_0_1_or_2_and_runtime_0_or_1() {
+        for (query, debug, runtime) in [
+            ("debug=0", 0, false),
+            ("debug=1", 1, false),
+            ("debug=2", 2, false),
+            ("", 0, false),
+            ("debug=2&runtime=1", 2, true),
+            ("runtime=0&debug=1", 1, false),
+        ] {
             assert_eq!(
                 Route::parse("/goroutine", Some(query)),
-                Ok(Route::Tasks { debug })
+                Ok(Route::Tasks { debug, runtime }),
+                "{query}"
             );
         }
-        for bad in ["debug=3", "debug=", "debug=one"] {
+        for bad in [
+            "debug=3",
+            "debug=",
+            "debug=one",
+            "debug=2&runtime=2",
+            "runtime=yes",
+        ] {
             assert_eq!(
                 Route::parse("/goroutine", Some(bad)).unwrap_err().status,
-                400
+                400,
+                "{bad}"
             );
         }
+        assert!(
+            Route::parse("/goroutine", Some("runtime=2"))
+                .unwrap_err()
+                .valid
+                .contains("runtime is 0")
+        );
     }
 
     #[test]

@@ -349,12 +349,25 @@ impl ProfileBuilder {
 
     /// Adds a sample: `stack` leaf first, one value per sample type, and string labels.
     pub fn add_sample(&mut self, stack: &[StackEntry], value: Vec<i64>, labels: &[(&str, &str)]) {
+        self.add_sample_with_numbers(stack, value, labels, &[]);
+    }
+
+    /// Adds a sample with string labels and numeric ones, each `(key, value, unit)`: pprof shows
+    /// them with `-tags` and filters on them with `-tagfocus=key=RANGE` (`age=60s:`), reading
+    /// the unit (`seconds`, `bytes`, `count`).
+    pub fn add_sample_with_numbers(
+        &mut self,
+        stack: &[StackEntry],
+        value: Vec<i64>,
+        labels: &[(&str, &str)],
+        numbers: &[(&str, i64, &str)],
+    ) {
         let location_id = stack
             .iter()
             .filter(|entry| !entry.shown().is_empty())
             .map(|entry| self.location(entry))
             .collect();
-        let label = labels
+        let mut label: Vec<Label> = labels
             .iter()
             .map(|&(key, value)| Label {
                 key: self.string(key),
@@ -362,6 +375,12 @@ impl ProfileBuilder {
                 ..Label::default()
             })
             .collect();
+        label.extend(numbers.iter().map(|&(key, num, unit)| Label {
+            key: self.string(key),
+            num,
+            num_unit: self.string(unit),
+            ..Label::default()
+        }));
         self.profile.sample.push(Sample {
             location_id,
             value,
@@ -489,6 +508,40 @@ mod tests {
         assert_eq!(name(decoded.sample_type[0].r#type), "inuse_space");
         assert_eq!(name(decoded.default_sample_type), "inuse_space");
         assert_eq!(decoded.string_table[0], "");
+    }
+
+    #[test]
+    fn numeric_labels_carry_their_unit() {
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let root = entry(0x20, vec![Frame::new("main", "src/main.rs", 1)]);
+        builder.add_sample_with_numbers(
+            &[root],
+            vec![3],
+            &[("wait", "chan send")],
+            &[("age", 61, "seconds"), ("spawned", 7, "count")],
+        );
+        let profile = decode(&encode_gzip(&builder.build()), 1 << 20).unwrap();
+        let name = |index: i64| profile.string_table[index as usize].as_str();
+        let labels: Vec<(&str, &str, i64, &str)> = profile.sample[0]
+            .label
+            .iter()
+            .map(|label| {
+                (
+                    name(label.key),
+                    name(label.str),
+                    label.num,
+                    name(label.num_unit),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("wait", "chan send", 0, ""),
+                ("age", "", 61, "seconds"),
+                ("spawned", "", 7, "count")
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! so that `go tool pprof` reads them without the binary: the live heap (jemalloc's sampling
 //! profiler, allocator frames trimmed), CPU (one shared SIGPROF sampler that every consumer reads)
 //! and tokio tasks (Go's goroutine profile: alive tasks by spawn site, each parked task's await
-//! stack). No HTTP framework here: `leakfinder-http` serves these on Go's routes. Everything that
+//! stack, age and time parked, in pprof and in Go's text forms). No HTTP framework here: `leakfinder-http` serves these on Go's routes. Everything that
 //! blocks (dumping, tracing, symbolising, encoding) runs off the async workers.
 //!
 //! # Setup
@@ -14,7 +14,8 @@
 //!     leakfinder_profiling::tasks::install(builder.enable_all()); // spawn-site counting hooks
 //!     let runtime = builder.build().unwrap();
 //!     let profilers = std::sync::Arc::new(leakfinder_profiling::Profilers::new());
-//!     // profilers.heap().await, profilers.cpu(seconds).await, profilers.tasks().await
+//!     // profilers.heap().await, profilers.cpu(seconds).await, profilers.tasks().await,
+//!     // profilers.tasks_text(form).await
 //! }
 //! ```
 //!
@@ -25,15 +26,17 @@
 //! - line tables in release (`[profile.release] debug = "limited"`), never stripped.
 //!
 //! What it costs: jemalloc's sampling (one backtrace per 512 KiB allocated), a SIGPROF sampler
-//! that runs only while a CPU profile or a push wants it (99 Hz), two atomics per task spawn, and
-//! the symbol index (the first profile reads debug info; a prebuilt table avoids that, see
+//! that runs only while a CPU profile or a push wants it (99 Hz), three atomic increments per task
+//! (two at its spawn, one at its end), a coarse clock read per spawn and per poll of a task root,
+//! and the symbol index (the first profile reads debug info; a prebuilt table avoids that, see
 //! [`symbols::table`]).
 //!
 //! # Layout
 //! - [`heap`] and [`mod@jemalloc`]: the heap profile, from jemalloc's sample hooks (what each
 //!   stack allocated and freed, and the age of live memory; [`heap::tracking`]).
 //! - [`cpu`] and [`sigprof`]: the one SIGPROF sampler and the CPU profile of its windows.
-//! - [`tasks`]: the task profile (spawn-site hooks, task roots, frame-pointer walks).
+//! - [`tasks`]: the task profile (spawn-site hooks, task roots, frame-pointer walks) and Go's
+//!   text forms of it.
 //! - [`symbols`]: addresses to functions, files and lines (DWARF, a prebuilt table, libc's
 //!   symbol tables), cached.
 //! - `push` (feature `pyroscope`): CPU and heap profiles pushed to Pyroscope.
@@ -167,12 +170,27 @@ impl Profilers {
     /// task root, symbolised. Users take it in a loop; it fails with
     /// [`ProfilingError::Timeout`] rather than wait long.
     pub async fn tasks(&self) -> Result<Vec<tasks::TaskStack>, ProfilingError> {
+        self.task_job(tasks::profile).await
+    }
+
+    /// The task profile in one of Go's text forms (`?debug=1`, `?debug=2`; see [`mod@tasks::text`]).
+    /// As [`Self::tasks`], it fails with [`ProfilingError::Timeout`] rather than wait long.
+    pub async fn tasks_text(&self, form: tasks::TextForm) -> Result<String, ProfilingError> {
+        self.task_job(move |symbols| tasks::text(symbols, form))
+            .await
+    }
+
+    /// Runs `job` on the symboliser off the async workers, one task profile at a time.
+    async fn task_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&symbols::Symbolizer) -> T + Send + 'static,
+    ) -> Result<T, ProfilingError> {
         let timeout = |_| ProfilingError::Timeout("task profile");
         let _one_at_a_time = tokio::time::timeout(TASK_PROFILE_TIMEOUT, self.task_profiles.lock())
             .await
             .map_err(timeout)?;
         let symbols = Arc::clone(&self.symbols);
-        let job = tokio::task::spawn_blocking(move || tasks::profile(&symbols));
+        let job = tokio::task::spawn_blocking(move || job(&symbols));
         Ok(tokio::time::timeout(TASK_PROFILE_TIMEOUT, job)
             .await
             .map_err(timeout)??)

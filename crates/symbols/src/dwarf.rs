@@ -690,6 +690,29 @@ impl DebugInfo {
         }
     }
 
+    /// The start of the `.symtab` function holding each of `sorted` (file addresses, sorted), by
+    /// address: where Go's text forms count a frame's `+0x` offset from. One pass over the symbol
+    /// table, as naming from `.symtab` does; addresses no function symbol holds are left out.
+    pub fn function_starts(&self, sorted: &[u64]) -> HashMap<u64, u64> {
+        let mut starts = HashMap::new();
+        if sorted.is_empty() {
+            return starts;
+        }
+        let Ok(object) = object::File::parse(self.data) else {
+            return starts;
+        };
+        for symbol in object.symbols() {
+            if symbol.kind() != object::SymbolKind::Text || symbol.size() == 0 {
+                continue;
+            }
+            let (start, end) = (symbol.address(), symbol.address() + symbol.size());
+            for &address in &sorted[probe_indexes(sorted, start, end)] {
+                starts.insert(address, start);
+            }
+        }
+        starts
+    }
+
     /// Fills the outermost frame's name from `.symtab` where the DWARF left it bare (line-tables
     /// -only dependencies name functions `poll`), and names addresses no unit holds. One pass
     /// over the symbol table per batch (about 0.1 ms), rather than a sorted copy of it kept for

@@ -246,6 +246,49 @@ impl Symbolizer {
         found
     }
 
+    /// The entry address of the function holding each address (an instruction address, as for
+    /// [`Self::resolve`]), from the executable's and the shared objects' symbol tables: Go's text
+    /// forms show a frame's offset in its function (`+0x1a`). Addresses in no known function are
+    /// left out. One pass over the executable's `.symtab` per call, nothing kept: for the text
+    /// forms of the task profile, not for profiles taken in a loop. Blocking.
+    pub fn function_entries(&self, addresses: impl IntoIterator<Item = u64>) -> HashMap<u64, u64> {
+        let _unsampled = UnsampledThread::begin();
+        let executable = Executable::current();
+        let mut entries = HashMap::new();
+        let mut in_executable: Vec<(u64, u64)> = Vec::new();
+        for address in addresses {
+            match executable
+                .as_ref()
+                .and_then(|exe| exe.file_address(address))
+            {
+                Some(file_address) => in_executable.push((address, file_address)),
+                None => {
+                    if let Some(frame) = self.objects.frame(address)
+                        && frame.span.end - frame.span.start > 1
+                    {
+                        entries.insert(address, frame.span.start);
+                    }
+                }
+            }
+        }
+        let mut sorted: Vec<u64> = in_executable.iter().map(|&(_, file)| file).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let starts = dwarf::DebugInfo::executable()
+            .map(|debug_info| debug_info.function_starts(&sorted))
+            .unwrap_or_default();
+        for (address, file_address) in in_executable {
+            if let Some(&start) = starts.get(&file_address) {
+                // The start in file addresses, moved by the same load bias as the address.
+                entries.insert(
+                    address,
+                    start.wrapping_add(address.wrapping_sub(file_address)),
+                );
+            }
+        }
+        entries
+    }
+
     /// CPU time this symboliser has spent in [`Self::resolve`], all threads together.
     pub fn cpu_time(&self) -> Duration {
         Duration::from_nanos(self.cpu_nanos.load(Ordering::Relaxed))
@@ -463,6 +506,17 @@ mod tests {
             1,
             "found through the span, not added"
         );
+    }
+
+    #[test]
+    fn function_entries_are_the_start_of_the_function_holding_each_address() {
+        let start = a_function_to_find as *const () as u64;
+        let getpid = libc::getpid as *const () as u64;
+        let entries = Symbolizer::default().function_entries([start, start + 3, getpid + 1, 8]);
+        assert_eq!(entries.get(&start), Some(&start));
+        assert_eq!(entries.get(&(start + 3)), Some(&start), "{entries:x?}");
+        assert_eq!(entries.get(&(getpid + 1)), Some(&getpid), "{entries:x?}");
+        assert_eq!(entries.get(&8), None, "no function holds address 8");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! - [`roots`] keeps this service's own task futures reachable, so that each parked one can be
 //!   polled once in tokio's tracing mode to learn the await it is parked at;
 //! - [`walk`] reads those await stacks from frame pointers;
-//! - [`mod@profile`] turns counts, traces and symbolised frames into the pprof profile and Go's text
-//!   forms (pure).
+//! - [`mod@profile`] turns counts, traces and symbolised frames into the pprof profile, with each
+//!   task root's age and time parked as labels (pure);
+//! - [`mod@text`] writes Go's text forms of the same stacks, `?debug=1` and `?debug=2` (pure).
 //!
 //! tokio's runtime-wide `Handle::dump` is not used: it stops every worker at a barrier and steals
 //! their queues, and in tokio 1.54 it can spin a worker for ever, wedging the service. Here a
@@ -17,11 +18,13 @@
 pub mod profile;
 pub mod roots;
 pub mod sites;
+pub mod text;
 pub mod walk;
 
-pub use profile::{TaskStack, build_profile, render_text};
-pub use roots::{TaskRoot, TaskTrace, root};
+pub use profile::{TaskStack, build_profile};
+pub use roots::{Task, TaskRoot, TaskTrace, root};
 pub use sites::{SiteCount, install};
+pub use text::{TextForm, render_text};
 
 /// What a task profile is made of, before symbolisation.
 #[derive(Debug, Clone)]
@@ -49,6 +52,14 @@ pub fn profile(symbols: &crate::symbols::Symbolizer) -> Vec<TaskStack> {
     let addresses = profile::lookup_addresses(&groups, &raw.sites);
     let frames = symbols.resolve(addresses);
     profile::assemble(&groups, &raw.sites, &frames)
+}
+
+/// The task profile in one of Go's text forms, now: [`profile()`], with each frame's offset in its
+/// function read from the symbol tables. Blocking.
+pub fn text(symbols: &crate::symbols::Symbolizer, form: TextForm) -> String {
+    let stacks = profile(symbols);
+    let entries = symbols.function_entries(text::entry_addresses(&stacks));
+    render_text(&stacks, form, &entries)
 }
 
 #[cfg(test)]
@@ -110,6 +121,51 @@ mod tests {
             "{functions:?}"
         );
 
+        // Its times: spawned 50 ms ago or more, parked since its first poll (the coarse clock
+        // ticks every few milliseconds), spawned from no task.
+        let [known] = task.tasks[..] else {
+            panic!("one task root: {task:?}")
+        };
+        assert!(known.age >= Duration::from_millis(40), "{known:?}");
+        assert!(
+            known.parked >= Duration::from_millis(30) && known.parked <= known.age,
+            "{known:?}"
+        );
+        assert_eq!(known.parent, None);
+        assert!(known.id.is_some());
+
+        // Go's dump: the await, and tokio's frames only when asked for.
+        let dump = text(
+            &symbols,
+            TextForm {
+                debug: 2,
+                runtime: false,
+            },
+        );
+        let entry = dump
+            .split("\n\n")
+            .find(|entry| entry.contains("blocked_sender"))
+            .unwrap_or_else(|| panic!("{dump}"));
+        assert!(
+            entry.starts_with(&format!("goroutine {} [chan send]:\n", known.id.unwrap())),
+            "{entry}"
+        );
+        assert!(!entry.contains("tokio::"), "{entry}");
+        assert!(entry.contains("\ncreated by "), "{entry}");
+        let whole = text(
+            &symbols,
+            TextForm {
+                debug: 2,
+                runtime: true,
+            },
+        );
+        let entry = whole
+            .split("\n\n")
+            .find(|entry| entry.contains("blocked_sender"))
+            .unwrap_or_else(|| panic!("{whole}"));
+        assert!(entry.contains("tokio::sync::mpsc"), "{entry}");
+        assert!(entry.contains(" +0x"), "offsets in functions: {entry}");
+
         // The real wake-up still arrives: reading the channel frees the blocked send.
         runtime.block_on(async {
             assert_eq!(receiver.recv().await, Some(1));
@@ -124,6 +180,42 @@ mod tests {
                 .all(|task| task.wait != "chan send"),
             "a finished task leaves the profile"
         );
+    }
+
+    #[test]
+    fn a_task_spawned_by_a_task_knows_its_parent() {
+        let runtime = runtime();
+        let symbols = Symbolizer::default();
+        let never = Arc::new(tokio::sync::Notify::new());
+        let waiting = Arc::clone(&never);
+        let parent = runtime.block_on(async move {
+            tokio::spawn(root(async move {
+                tokio::spawn(root(async move { waiting.notified().await }));
+                tokio::task::id().to_string().parse::<u64>().unwrap()
+            }))
+            .await
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let stacks = profile(&symbols);
+        let child = stacks
+            .iter()
+            .flat_map(|stack| stack.tasks.iter())
+            .find(|task| task.parent == Some(parent))
+            .unwrap_or_else(|| panic!("the child names its parent {parent}: {stacks:#?}"));
+        assert_ne!(child.id, Some(parent));
+        let dump = text(
+            &symbols,
+            TextForm {
+                debug: 2,
+                runtime: false,
+            },
+        );
+        assert!(
+            dump.contains(&format!(" in goroutine {parent}\n")),
+            "{dump}"
+        );
+        never.notify_waiters();
     }
 
     #[test]
@@ -176,6 +268,8 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("the five tasks are counted at their spawn: {stacks:#?}"));
         assert_eq!((here.count, here.wait), (5, "untraced"));
+        assert_eq!(here.spawned, Some(5), "the site's spawns are counted");
+        assert!(here.tasks.is_empty(), "no times are known for them");
         for handle in handles {
             handle.abort();
         }

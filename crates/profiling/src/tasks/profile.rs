@@ -1,21 +1,36 @@
 //! The task profile, built from what [`super::sites`] counted and [`super::roots`] traced: pure
 //! functions from raw addresses, spawn-site counts and symbolised frames to a goroutine-style
-//! pprof profile and Go's text forms.
+//! pprof profile ([`mod@super::text`] writes Go's text forms of the same stacks).
 //!
-//! Each sample is one distinct stack, its value the number of tasks there: for a traced task, the
-//! frames from the tokio leaf it waits in up to its root future, labelled with what it waits for;
-//! for the rest (tasks spawned by libraries, or busy right now), the spawn site alone. Every stack
-//! ends, root-most, in a `created by` frame naming the function that spawned the task at its
-//! `file:line`, as Go's goroutine profile does.
+//! A stack is, for a traced task, the frames from the tokio leaf it waits in up to its root
+//! future, with what it waits for; for the rest (tasks spawned by libraries, or busy right now),
+//! the spawn site alone. Every stack ends, root-most, in a `created by` frame naming the function
+//! that spawned the task at its `file:line`, as Go's goroutine profile does.
+//!
+//! The profile (sample type `goroutine`/`count`, as Go's) has one sample per distinct stack, wait
+//! and age bucket, its value the number of tasks there, with these labels:
+//! - `wait` (string): what the tasks wait for (`chan send`, `mutex lock`, ..., or `running`,
+//!   `runnable`, `untraced`);
+//! - `age` (seconds): the mean time since the bucket's tasks were spawned. Buckets are four per
+//!   octave of age (`floor(4 log2(1 + seconds))`), so ten thousand tasks of one leak make a few
+//!   dozen samples, and `go tool pprof -tagfocus=age=60s:` still tells old tasks from young;
+//! - `parked` (seconds): their mean time since their last poll returned `Pending` (zero for a
+//!   task being polled or not yet polled);
+//! - `spawned` (count): the tasks ever spawned at the stack's spawn site, the same on every
+//!   sample of the site; beside the tasks alive there it says how much of what was spawned is
+//!   still alive.
+//!
+//! Only task roots have known times: tasks counted by spawn site alone get one sample per stack,
+//! with `spawned` but no `age` or `parked`.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::Location;
 use std::sync::Arc;
+use std::time::Duration;
 
 use leakfinder_pprof::conventions::CREATED_BY;
 
-use super::roots::{TaskTrace, Traced};
+use super::roots::{Task, TaskTrace, Traced};
 use super::sites::SiteCount;
 use crate::symbols::{FramesByAddress, caller, source_path};
 use leakfinder_pprof::{Frame, Profile, ProfileBuilder, StackEntry};
@@ -66,16 +81,26 @@ pub fn wait_kind(frames: &[&Frame]) -> &'static str {
 }
 
 /// Tasks at one stack: traced tasks parked at the same await, or tasks known by spawn site only.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TaskStack {
-    /// tokio's ids of the traced tasks here that have been polled.
-    pub ids: Vec<u64>,
+    /// The task roots here, one each, with their ids and times; the other `count - tasks.len()`
+    /// tasks are known by their count alone.
+    pub tasks: Vec<Task>,
     /// How many tasks this is.
     pub count: u64,
     /// The stack, leaf first, ending in the `created by` frame.
     pub stack: Vec<StackEntry>,
     /// What the tasks wait for.
     pub wait: &'static str,
+    /// Tasks ever spawned at the spawn site, when its spawn hook counted them.
+    pub spawned: Option<u64>,
+    /// The spawner's instruction address at the spawn site, when known (Go's text forms show
+    /// `created by`'s offset in its function from it).
+    pub spawner: Option<u64>,
+    /// Whether the root-most entry before `created by` lost its outermost frames (the tracer's
+    /// own poll, which the task's future is inlined into): its last frame shown is inlined, so
+    /// Go's forms give it no offset.
+    pub root_inlined: bool,
 }
 
 /// Traced tasks with the same spawn site, state and raw stack: traced once each, assembled once.
@@ -85,10 +110,20 @@ pub struct TraceGroup<'a> {
     pub spawned_at: &'static Location<'static>,
     /// What the traces saw (the same for all).
     pub traced: &'a Traced,
-    /// Their ids, where known.
-    pub ids: Vec<u64>,
-    /// How many.
-    pub count: u64,
+    /// The tasks, one each.
+    pub tasks: Vec<Task>,
+}
+
+/// The one stack a parked task shows. A task parked in several awaits at once (`join!`,
+/// `select!`) reaches a leaf in each, in an order that changes from trace to trace (`select!`
+/// starts at a random branch): the least by address is shown, so the same await every time.
+/// (`select!`'s polling loop may be unrolled: the same await can still be reached from another
+/// call site of the same line, a different address for the same frames.)
+fn parked_stack(traced: &Traced) -> &[u64] {
+    match traced {
+        Traced::Parked(stacks) => stacks.iter().min().map_or(&[][..], Vec::as_slice),
+        _ => &[],
+    }
 }
 
 /// Groups traces that are the same but for the task: thousands of tasks parked at one await
@@ -97,10 +132,7 @@ pub fn group(traces: &[TaskTrace]) -> Vec<TraceGroup<'_>> {
     let mut index: HashMap<(usize, std::mem::Discriminant<Traced>, &[u64]), usize> = HashMap::new();
     let mut groups: Vec<TraceGroup<'_>> = Vec::new();
     for trace in traces {
-        let stack = match &trace.traced {
-            Traced::Parked(stacks) => stacks.first().map_or(&[][..], Vec::as_slice),
-            _ => &[],
-        };
+        let stack = parked_stack(&trace.traced);
         let key = (
             std::ptr::from_ref(trace.spawned_at) as usize,
             std::mem::discriminant(&trace.traced),
@@ -110,14 +142,11 @@ pub fn group(traces: &[TaskTrace]) -> Vec<TraceGroup<'_>> {
             groups.push(TraceGroup {
                 spawned_at: trace.spawned_at,
                 traced: &trace.traced,
-                ids: Vec::new(),
-                count: 0,
+                tasks: Vec::new(),
             });
             groups.len() - 1
         });
-        let group = &mut groups[at];
-        group.count += 1;
-        group.ids.extend(trace.id);
+        groups[at].tasks.push(trace.task);
     }
     groups
 }
@@ -127,10 +156,7 @@ pub fn lookup_addresses<'a>(
     groups: &'a [TraceGroup<'a>],
     sites: &'a [SiteCount],
 ) -> impl Iterator<Item = u64> + 'a {
-    let traced = groups.iter().flat_map(|group| match group.traced {
-        Traced::Parked(stacks) => stacks.first().map_or(&[][..], Vec::as_slice),
-        _ => &[],
-    });
+    let traced = groups.iter().flat_map(|group| parked_stack(group.traced));
     let spawners = sites.iter().flat_map(|site| site.spawner.iter());
     traced.chain(spawners).map(|&address| caller(address))
 }
@@ -151,15 +177,21 @@ impl SiteKey {
     }
 }
 
-/// The function that contains a spawn site, read from its spawner's frames: the frame at the
-/// site's file and line.
-fn spawner_name(key: &SiteKey, spawner: &[u64], frames: &FramesByAddress) -> Option<Arc<str>> {
-    spawner
-        .iter()
-        .filter_map(|&address| frames.get(&caller(address)))
-        .flat_map(|frames| frames.iter())
-        .find(|frame| frame.line == key.line && same_file(&frame.file, &key.file))
-        .map(|frame| Arc::clone(&frame.function))
+/// The function that contains a spawn site, read from its spawner's frames (the frame at the
+/// site's file and line), and the instruction address where it spawned.
+fn spawner_name(
+    key: &SiteKey,
+    spawner: &[u64],
+    frames: &FramesByAddress,
+) -> Option<(Arc<str>, u64)> {
+    spawner.iter().find_map(|&address| {
+        let address = caller(address);
+        frames
+            .get(&address)?
+            .iter()
+            .find(|frame| frame.line == key.line && same_file(&frame.file, &key.file))
+            .map(|frame| (Arc::clone(&frame.function), address))
+    })
 }
 
 /// Whether two paths name the same source file, one perhaps relative to where the other was
@@ -193,8 +225,9 @@ fn created_by(key: &SiteKey, spawner: Option<&str>, address: u64) -> StackEntry 
 }
 
 /// A traced stack, symbolised and trimmed: from the frame above tokio's `trace_leaf` up to the
-/// task's own future, the tracer's frames cut.
-fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> Vec<StackEntry> {
+/// task's own future, the tracer's frames cut; and whether that cut left the root-most entry
+/// with only frames inlined into the tracer's poll.
+fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> (Vec<StackEntry>, bool) {
     let mut entries: Vec<StackEntry> = stack
         .iter()
         .filter_map(|&address| {
@@ -223,6 +256,7 @@ fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> Vec<StackEntry> {
             entries.remove(0);
         }
     }
+    let mut root_inlined = false;
     if let Some(root) = entries.iter().position(|entry| {
         entry
             .frames
@@ -237,13 +271,23 @@ fn traced_stack(stack: &[u64], frames: &FramesByAddress) -> Vec<StackEntry> {
             .position(|frame| frame.function.contains(TRACED_POLL))
             .unwrap_or(last.frames.len());
         if cut > last.skip {
+            root_inlined = true;
             entries.push(StackEntry {
                 frames: last.frames[..cut].into(),
                 ..last
             });
         }
     }
-    entries
+    (entries, root_inlined)
+}
+
+/// What the profile knows of a spawn site: its alive tasks not traced, its spawns, its spawner,
+/// and the address its `created by` frame takes.
+struct Site {
+    untraced: u64,
+    spawned: Option<u64>,
+    spawner: Option<(Arc<str>, u64)>,
+    address: u64,
 }
 
 /// Assembles the task profile's stacks: every traced task, then, per spawn site, the alive tasks
@@ -253,31 +297,36 @@ pub fn assemble(
     sites: &[SiteCount],
     frames: &FramesByAddress,
 ) -> Vec<TaskStack> {
-    let mut by_site: HashMap<SiteKey, (u64, Option<Arc<str>>, u64)> = HashMap::new();
+    let mut by_site: HashMap<SiteKey, Site> = HashMap::new();
     for site in sites {
         let key = SiteKey::of(site.site);
-        let entry = by_site
-            .entry(key)
-            .or_insert_with(|| (0, None, std::ptr::from_ref(site.site) as u64));
-        entry.0 += site.alive;
-        if entry.1.is_none() {
-            entry.1 = spawner_name(&SiteKey::of(site.site), site.spawner, frames);
+        let spawner = || spawner_name(&key, site.spawner, frames);
+        let entry = by_site.entry(key.clone()).or_insert_with(|| Site {
+            untraced: 0,
+            spawned: None,
+            spawner: None,
+            address: std::ptr::from_ref(site.site) as u64,
+        });
+        entry.untraced += site.alive;
+        entry.spawned = Some(entry.spawned.unwrap_or(0) + site.spawned);
+        if entry.spawner.is_none() {
+            entry.spawner = spawner();
         }
     }
     let mut stacks = Vec::with_capacity(groups.len() + by_site.len());
     for group in groups {
         let key = SiteKey::of(group.spawned_at);
-        let (alive, spawner, address) = by_site
-            .entry(key.clone())
-            .or_insert_with(|| (0, None, std::ptr::from_ref(group.spawned_at) as u64));
-        *alive = alive.saturating_sub(group.count);
-        let (mut stack, wait) = match group.traced {
-            Traced::Parked(raw) => {
-                let stack = raw
-                    .first()
-                    .map(|raw| traced_stack(raw, frames))
-                    .unwrap_or_default();
-                let flat: Vec<&Frame> = stack.iter().flat_map(|entry| entry.shown()).collect();
+        let site = by_site.entry(key.clone()).or_insert_with(|| Site {
+            untraced: 0,
+            spawned: None,
+            spawner: None,
+            address: std::ptr::from_ref(group.spawned_at) as u64,
+        });
+        site.untraced = site.untraced.saturating_sub(group.tasks.len() as u64);
+        let ((mut stack, root_inlined), wait) = match group.traced {
+            Traced::Parked(_) => {
+                let stack = traced_stack(parked_stack(group.traced), frames);
+                let flat: Vec<&Frame> = stack.0.iter().flat_map(|entry| entry.shown()).collect();
                 let wait = if flat.is_empty() {
                     "non-tokio wait"
                 } else {
@@ -285,25 +334,41 @@ pub fn assemble(
                 };
                 (stack, wait)
             }
-            Traced::Running => (Vec::new(), "running"),
-            Traced::Runnable => (Vec::new(), "runnable"),
-            Traced::Untraceable => (Vec::new(), "untraced"),
+            Traced::Running => (Default::default(), "running"),
+            Traced::Runnable => (Default::default(), "runnable"),
+            Traced::Untraceable => (Default::default(), "untraced"),
         };
-        stack.push(created_by(&key, spawner.as_deref(), *address));
+        let spawner = site.spawner.as_ref();
+        stack.push(created_by(
+            &key,
+            spawner.map(|(name, _)| &**name),
+            site.address,
+        ));
         stacks.push(TaskStack {
-            ids: group.ids.clone(),
-            count: group.count,
+            tasks: group.tasks.clone(),
+            count: group.tasks.len() as u64,
             stack,
             wait,
+            spawned: site.spawned,
+            spawner: spawner.map(|&(_, address)| address),
+            root_inlined,
         });
     }
-    for (key, (alive, spawner, address)) in by_site {
-        if alive > 0 {
+    for (key, site) in by_site {
+        if site.untraced > 0 {
+            let spawner = site.spawner.as_ref();
             stacks.push(TaskStack {
-                ids: Vec::new(),
-                count: alive,
-                stack: vec![created_by(&key, spawner.as_deref(), address)],
+                tasks: Vec::new(),
+                count: site.untraced,
+                stack: vec![created_by(
+                    &key,
+                    spawner.map(|(name, _)| &**name),
+                    site.address,
+                )],
                 wait: "untraced",
+                spawned: site.spawned,
+                spawner: spawner.map(|&(_, address)| address),
+                root_inlined: false,
             });
         }
     }
@@ -313,9 +378,26 @@ pub fn assemble(
 /// What identifies a shown stack: each entry's address, trim and frame count, and the wait.
 type ShownStack<'a> = (Vec<(u64, usize, usize)>, &'a str);
 
+/// The tasks of one shown stack and wait, from however many [`TaskStack`]s.
+pub(crate) struct Grouped<'a> {
+    /// How many tasks.
+    pub count: u64,
+    /// The first of the stacks: the stack, wait, spawn site and spawner of all.
+    pub first: &'a TaskStack,
+    /// Every one of them.
+    pub members: Vec<&'a TaskStack>,
+}
+
+impl Grouped<'_> {
+    /// The tasks whose times are known.
+    fn known(&self) -> impl Iterator<Item = &Task> {
+        self.members.iter().flat_map(|stack| stack.tasks.iter())
+    }
+}
+
 /// Tasks grouped by identical stack and wait, most numerous first.
-fn grouped(tasks: &[TaskStack]) -> Vec<(u64, &TaskStack)> {
-    let mut groups: HashMap<ShownStack<'_>, (u64, &TaskStack)> = HashMap::new();
+pub(crate) fn grouped(tasks: &[TaskStack]) -> Vec<Grouped<'_>> {
+    let mut groups: HashMap<ShownStack<'_>, Grouped<'_>> = HashMap::new();
     for task in tasks {
         let key = (
             task.stack
@@ -324,10 +406,28 @@ fn grouped(tasks: &[TaskStack]) -> Vec<(u64, &TaskStack)> {
                 .collect(),
             task.wait,
         );
-        groups.entry(key).or_insert((0, task)).0 += task.count;
+        let group = groups.entry(key).or_insert_with(|| Grouped {
+            count: 0,
+            first: task,
+            members: Vec::new(),
+        });
+        group.count += task.count;
+        group.members.push(task);
     }
     let mut groups: Vec<_> = groups.into_values().collect();
-    groups.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.ids.first().cmp(&b.1.ids.first())));
+    let first_id = |group: &Grouped<'_>| group.known().filter_map(|task| task.id).min();
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| first_id(a).cmp(&first_id(b)))
+            .then_with(|| {
+                a.first
+                    .stack
+                    .last()
+                    .map(|e| e.address)
+                    .cmp(&b.first.stack.last().map(|e| e.address))
+            })
+    });
     groups
 }
 
@@ -336,72 +436,68 @@ pub fn total(tasks: &[TaskStack]) -> u64 {
     tasks.iter().map(|task| task.count).sum()
 }
 
-/// The `goroutine`/`count` profile: one sample per distinct stack, labelled with its wait.
+/// The age bucket of a task: four per octave of seconds, `floor(4 log2(1 + seconds))` (0 for
+/// the first 0.19 s, 4 from 1 s, 8 from 3 s, ... 24 from 63 s, 47 from an hour).
+pub fn age_bucket(age: Duration) -> u32 {
+    (4.0 * (1.0 + age.as_secs_f64()).log2()).floor() as u32
+}
+
+/// Whole seconds of the mean of `total` over `count` tasks.
+fn mean_seconds(total: Duration, count: u64) -> i64 {
+    (total.as_secs_f64() / count.max(1) as f64).round() as i64
+}
+
+/// The `goroutine`/`count` profile: one sample per distinct stack, wait and age bucket, with the
+/// labels of the module's docs.
 pub fn build_profile(tasks: &[TaskStack]) -> Profile {
     let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
     builder.comment(
         "tokio tasks: one goroutine = one task; stacks traced without pausing the runtime",
     );
-    for (count, task) in grouped(tasks) {
-        builder.add_sample(&task.stack, vec![count as i64], &[("wait", task.wait)]);
+    for group in grouped(tasks) {
+        let labels = [("wait", group.first.wait)];
+        let spawned = group
+            .first
+            .spawned
+            .map(|spawned| ("spawned", spawned as i64, "count"));
+        // By bucket: tasks, their summed age and summed time parked.
+        let mut buckets: BTreeMap<u32, (u64, Duration, Duration)> = BTreeMap::new();
+        let mut known = 0;
+        for task in group.known() {
+            let bucket = buckets.entry(age_bucket(task.age)).or_default();
+            bucket.0 += 1;
+            bucket.1 += task.age;
+            bucket.2 += task.parked;
+            known += 1;
+        }
+        for (count, age, parked) in buckets.into_values() {
+            let numbers: Vec<(&str, i64, &str)> = [
+                Some(("age", mean_seconds(age, count), "seconds")),
+                Some(("parked", mean_seconds(parked, count), "seconds")),
+                spawned,
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            builder.add_sample_with_numbers(
+                &group.first.stack,
+                vec![count as i64],
+                &labels,
+                &numbers,
+            );
+        }
+        let unknown = group.count.saturating_sub(known);
+        if unknown > 0 {
+            let numbers: Vec<(&str, i64, &str)> = spawned.into_iter().collect();
+            builder.add_sample_with_numbers(
+                &group.first.stack,
+                vec![unknown as i64],
+                &labels,
+                &numbers,
+            );
+        }
     }
     builder.build()
-}
-
-fn write_frames(out: &mut String, task: &TaskStack) {
-    for frame in task.stack.iter().flat_map(|entry| entry.shown()) {
-        let _ = writeln!(out, "{}\n\t{}:{}", frame.function, frame.file, frame.line);
-    }
-}
-
-/// The text forms of `?debug=1` (counts per distinct stack) and `?debug=2` (one entry per task,
-/// and one per group of untraced tasks), modelled on Go's.
-pub fn render_text(tasks: &[TaskStack], debug: u8) -> String {
-    let mut out = String::new();
-    if debug >= 2 {
-        // One entry per traced task, by id, as Go prints every goroutine; then the tasks known
-        // only by count (untraced, or not yet polled), one entry per stack.
-        let mut each: Vec<(u64, &TaskStack)> = tasks
-            .iter()
-            .flat_map(|task| task.ids.iter().map(move |&id| (id, task)))
-            .collect();
-        each.sort_by_key(|&(id, _)| id);
-        for (id, task) in each {
-            let _ = writeln!(out, "task {id} [{}]:", task.wait);
-            write_frames(&mut out, task);
-            out.push('\n');
-        }
-        for task in tasks {
-            let rest = task.count - task.ids.len() as u64;
-            if rest > 0 {
-                let _ = writeln!(out, "{rest} tasks [{}]:", task.wait);
-                write_frames(&mut out, task);
-                out.push('\n');
-            }
-        }
-        return out;
-    }
-    let _ = writeln!(out, "task profile: total {}", total(tasks));
-    for (count, task) in grouped(tasks) {
-        let addresses: Vec<String> = task
-            .stack
-            .iter()
-            .map(|entry| format!("{:#x}", entry.address))
-            .collect();
-        let _ = writeln!(out, "{count} @ {}", addresses.join(" "));
-        let _ = writeln!(out, "# labels: {{\"wait\":\"{}\"}}", task.wait);
-        for entry in &task.stack {
-            for frame in entry.shown() {
-                let _ = writeln!(
-                    out,
-                    "#\t{:#x}\t{}\t{}:{}",
-                    entry.address, frame.function, frame.file, frame.line
-                );
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -452,6 +548,16 @@ mod tests {
     #[track_caller]
     fn here() -> &'static Location<'static> {
         Location::caller()
+    }
+
+    /// A task root of `age` seconds, parked for `parked` seconds.
+    fn known(id: Option<u64>, age: u64, parked: u64) -> Task {
+        Task {
+            id,
+            parent: None,
+            age: Duration::from_secs(age),
+            parked: Duration::from_secs(parked),
+        }
     }
 
     /// A parked stack as the walker returns it (return addresses: one past each lookup address).
@@ -513,13 +619,14 @@ mod tests {
             (0x60, &[("app::spawner", &file, site.line())]),
         ]);
         let traces = vec![TaskTrace {
-            id: Some(7),
+            task: known(Some(7), 40, 30),
             spawned_at: site,
             traced: parked(&[0x10, 0x20, 0x30, 0x40, 0x50]),
         }];
         let sites = vec![SiteCount {
             site,
             alive: 3,
+            spawned: 9,
             spawner: Box::leak(vec![0x71, 0x61].into_boxed_slice()),
         }];
         let mut table = table;
@@ -552,11 +659,21 @@ mod tests {
             ]
         );
         assert_eq!(traced.wait, "chan send");
-        assert_eq!((traced.ids.as_slice(), traced.count), (&[7][..], 1));
+        assert_eq!(
+            (traced.tasks.clone(), traced.count),
+            (vec![traces[0].task], 1)
+        );
+        assert_eq!(traced.spawned, Some(9), "the site's spawns");
+        assert_eq!(traced.spawner, Some(0x60), "where the spawner spawned");
+        assert!(
+            traced.root_inlined,
+            "app::job is inlined into the tracer's poll"
+        );
 
         let untraced = &stacks[1];
         assert_eq!((untraced.count, untraced.wait), (2, "untraced"));
-        assert!(untraced.ids.is_empty());
+        assert!(untraced.tasks.is_empty());
+        assert_eq!(untraced.spawned, Some(9));
         assert_eq!(untraced.stack.len(), 1);
         assert_eq!(
             &*untraced.stack[0].frames[0].function,
@@ -599,7 +716,8 @@ mod tests {
             ),
             (0x30, &[("app::job::{{closure}}", "src/app.rs", 7)]),
         ]);
-        let stack = traced_stack(&[0x11, 0x21, 0x31], &table);
+        let (stack, root_inlined) = traced_stack(&[0x11, 0x21, 0x31], &table);
+        assert!(!root_inlined, "no tracer's poll here to cut");
         let shown: Vec<&str> = stack
             .iter()
             .flat_map(|entry| entry.shown())
@@ -617,11 +735,29 @@ mod tests {
     }
 
     #[test]
+    fn a_task_parked_in_two_awaits_shows_the_same_one_whatever_order_they_were_reached_in() {
+        let site = here();
+        let trace = |stacks: Vec<Vec<u64>>| TaskTrace {
+            task: known(Some(1), 1, 1),
+            spawned_at: site,
+            traced: Traced::Parked(stacks),
+        };
+        let traces = [
+            trace(vec![vec![0x31, 0x41], vec![0x21, 0x41]]),
+            trace(vec![vec![0x21, 0x41], vec![0x31, 0x41]]),
+        ];
+        let groups = group(&traces);
+        assert_eq!(groups.len(), 1, "{groups:#?}");
+        assert_eq!(parked_stack(groups[0].traced), [0x21, 0x41]);
+    }
+
+    #[test]
     fn a_site_whose_spawner_cannot_be_named_is_shown_by_file_and_line() {
         let site = here();
         let sites = vec![SiteCount {
             site,
             alive: 4,
+            spawned: 4,
             spawner: &[],
         }];
         let stacks = assemble(&[], &sites, &FramesByAddress::default());
@@ -639,12 +775,12 @@ mod tests {
         let site = here();
         let traces = vec![
             TaskTrace {
-                id: Some(1),
+                task: known(Some(1), 5, 0),
                 spawned_at: site,
                 traced: Traced::Running,
             },
             TaskTrace {
-                id: None,
+                task: known(None, 0, 0),
                 spawned_at: site,
                 traced: Traced::Runnable,
             },
@@ -657,7 +793,7 @@ mod tests {
 
     fn task(id: u64, addresses: &[u64], function: &str) -> TaskStack {
         TaskStack {
-            ids: vec![id],
+            tasks: vec![known(Some(id), 10 * id, id)],
             count: 1,
             stack: addresses
                 .iter()
@@ -668,42 +804,112 @@ mod tests {
                 })
                 .collect(),
             wait: "chan send",
+            spawned: Some(12),
+            ..TaskStack::default()
         }
     }
 
-    #[test]
-    fn the_profile_counts_tasks_per_distinct_stack() {
-        let mut untraced = task(0, &[3], "b");
-        untraced.ids.clear();
-        untraced.count = 5;
-        let tasks = vec![task(1, &[1, 2], "a"), task(2, &[1, 2], "a"), untraced];
-        let profile = build_profile(&tasks);
-        let mut values: Vec<i64> = profile
+    /// Each sample's value, string labels and numeric labels (with units).
+    fn samples(profile: &Profile) -> Vec<(i64, Vec<String>)> {
+        let name = |index: i64| profile.string_table[index as usize].as_str();
+        profile
             .sample
             .iter()
-            .map(|sample| sample.value[0])
-            .collect();
-        values.sort_unstable();
-        assert_eq!(values, vec![2, 5]);
+            .map(|sample| {
+                let labels = sample
+                    .label
+                    .iter()
+                    .map(|label| match label.num_unit {
+                        0 => format!("{}={}", name(label.key), name(label.str)),
+                        unit => format!("{}={} {}", name(label.key), label.num, name(unit)),
+                    })
+                    .collect();
+                (sample.value[0], labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_profile_counts_tasks_per_distinct_stack_and_age_bucket() {
+        let mut untraced = task(0, &[3], "b");
+        untraced.tasks.clear();
+        untraced.count = 5;
+        untraced.spawned = None;
+        // Ages 10 s and 20 s: buckets 13 and 17, apart.
+        let tasks = vec![task(1, &[1, 2], "a"), task(2, &[1, 2], "a"), untraced];
+        let profile = build_profile(&tasks);
         let name = |index: i64| profile.string_table[index as usize].as_str();
         assert_eq!(name(profile.sample_type[0].r#type), "goroutine");
         assert_eq!(name(profile.sample_type[0].unit), "count");
-        assert_eq!(name(profile.sample[0].label[0].key), "wait");
+        assert_eq!(
+            samples(&profile),
+            vec![
+                (5, vec!["wait=chan send".to_owned()]),
+                (
+                    1,
+                    vec![
+                        "wait=chan send".to_owned(),
+                        "age=10 seconds".to_owned(),
+                        "parked=1 seconds".to_owned(),
+                        "spawned=12 count".to_owned(),
+                    ]
+                ),
+                (
+                    1,
+                    vec![
+                        "wait=chan send".to_owned(),
+                        "age=20 seconds".to_owned(),
+                        "parked=2 seconds".to_owned(),
+                        "spawned=12 count".to_owned(),
+                    ]
+                ),
+            ]
+        );
+    }
 
-        let text = render_text(&tasks, 1);
-        assert!(
-            text.starts_with("task profile: total 7\n5 @ 0x3\n"),
-            "{text}"
-        );
-        let per_task = render_text(&tasks, 2);
-        assert!(
-            per_task.starts_with("task 1 [chan send]:\na\n\tsrc/x.rs:1\n"),
-            "{per_task}"
-        );
-        assert!(
-            per_task.contains("\n5 tasks [chan send]:\nb\n"),
-            "{per_task}"
-        );
-        assert_eq!(per_task.matches("task ").count(), 2, "{per_task}");
+    #[test]
+    fn ages_fall_in_four_buckets_per_octave() {
+        let bucket = |seconds: f64| age_bucket(Duration::from_secs_f64(seconds));
+        assert_eq!(bucket(0.0), 0);
+        assert_eq!(bucket(0.18), 0);
+        assert_eq!(bucket(0.2), 1);
+        assert_eq!(bucket(1.0), 4);
+        assert_eq!(bucket(3.0), 8);
+        assert_eq!(bucket(62.9), 23);
+        assert_eq!(bucket(63.0), 24);
+        assert_eq!(bucket(3600.0), 47);
+    }
+
+    #[test]
+    fn ten_thousand_tasks_of_one_leak_make_a_few_dozen_samples_with_mean_ages() {
+        // One task spawned every 0.36 s for an hour, each parked since its spawn.
+        let mut leak = task(1, &[1, 2], "leak");
+        leak.tasks = (0..10_000u64)
+            .map(|k| Task {
+                id: Some(k + 1),
+                parent: Some(1),
+                age: Duration::from_millis(k * 360),
+                parked: Duration::from_millis(k * 360),
+            })
+            .collect();
+        leak.count = 10_000;
+        let profile = build_profile(&[leak]);
+        let samples = samples(&profile);
+        assert!(samples.len() <= 50, "{} samples", samples.len());
+        assert_eq!(samples.iter().map(|(n, _)| n).sum::<i64>(), 10_000);
+        let ages: Vec<i64> = samples
+            .iter()
+            .map(|(_, labels)| {
+                let age = labels.iter().find_map(|l| l.strip_prefix("age=")).unwrap();
+                age.trim_end_matches(" seconds").parse().unwrap()
+            })
+            .collect();
+        assert!(ages.windows(2).all(|pair| pair[0] <= pair[1]), "{ages:?}");
+        assert!(*ages.last().unwrap() > 3000, "{ages:?}");
+        for (_, labels) in &samples {
+            let age = labels.iter().find(|l| l.starts_with("age=")).unwrap();
+            let parked = labels.iter().find(|l| l.starts_with("parked=")).unwrap();
+            assert_eq!(age["age=".len()..], parked["parked=".len()..]);
+        }
     }
 }

@@ -14,6 +14,12 @@
 //! trace, the output is kept and handed to the next real poll, which the task's waker schedules;
 //! a panic is kept and resumed there in the same way.
 //!
+//! Each root also keeps its times, for the profile's `age` and `parked` and Go's `[chan send, 5
+//! minutes]`: when [`root`] was called (its spawn), and when its last real poll returned `Pending`
+//! (a task being polled is not parked). Both are read from the coarse monotonic clock, a few
+//! nanoseconds per spawn and per poll; and the id of the task that called [`root`], if any, for
+//! Go's `created by ... in goroutine N`.
+//!
 //! Code between two awaits runs during a trace only when a non-tokio leaf has become ready: it
 //! then runs on the tracer's thread, outside the task's context, where `tokio::task::id()` has no
 //! task to name and task-locals set *around* the root are not in scope. Put [`root`] outermost
@@ -26,6 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use super::walk;
 
@@ -46,11 +53,25 @@ pub enum Traced {
     Untraceable,
 }
 
-/// A traced task: tokio's id, where [`root`] was called, and what it is doing.
-#[derive(Debug, Clone)]
-pub struct TaskTrace {
+/// One task root: its id, its spawner's, and its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Task {
     /// tokio's task id, once the task has been polled.
     pub id: Option<u64>,
+    /// The id of the task that spawned it (that called [`root`]), when one did.
+    pub parent: Option<u64>,
+    /// Time since it was spawned (since [`root`] was called).
+    pub age: Duration,
+    /// Time since its last real poll returned `Pending`; zero when it is not parked (being
+    /// polled, or not polled yet).
+    pub parked: Duration,
+}
+
+/// A traced task: who it is, where [`root`] was called, and what it is doing.
+#[derive(Debug, Clone)]
+pub struct TaskTrace {
+    /// Its id and times.
+    pub task: Task,
     /// Where the task was spawned (the [`root`] call, on the spawn's line).
     pub spawned_at: &'static Location<'static>,
     /// What the trace saw.
@@ -59,9 +80,64 @@ pub struct TaskTrace {
 
 /// A slot the tracer can poll.
 trait Traceable: Send + Sync {
-    fn trace(&self) -> Traced;
+    /// Traces the task, and says since when (clock nanoseconds) it has been parked, if it is.
+    fn trace(&self) -> (Traced, Option<u64>);
     fn id(&self) -> Option<u64>;
+    fn parent(&self) -> Option<u64>;
+    fn spawned(&self) -> u64;
     fn spawned_at(&self) -> &'static Location<'static>;
+}
+
+/// The coarse monotonic clock, in nanoseconds: its resolution (a few milliseconds) is ample for
+/// ages shown in seconds, and a read costs a few nanoseconds (no system call), so it can be taken
+/// on every spawn and every poll.
+#[allow(unsafe_code)]
+fn now() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_COARSE;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    const CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec`, which `now` is.
+    if unsafe { libc::clock_gettime(CLOCK, &mut now) } != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+/// tokio's task id as a number (tokio shows it only through `Display`), without allocating.
+fn id_number(id: tokio::task::Id) -> Option<u64> {
+    struct Digits {
+        value: u64,
+        valid: bool,
+    }
+    impl std::fmt::Write for Digits {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            for digit in text.bytes() {
+                let digit = digit.wrapping_sub(b'0');
+                let next = self
+                    .value
+                    .checked_mul(10)
+                    .and_then(|value| value.checked_add(u64::from(digit)));
+                match next {
+                    Some(next) if digit <= 9 => self.value = next,
+                    _ => self.valid = false,
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut digits = Digits {
+        value: 0,
+        valid: true,
+    };
+    std::fmt::write(&mut digits, format_args!("{id}")).ok()?;
+    (digits.valid && digits.value != NO_ID).then_some(digits.value)
 }
 
 type Registered = Weak<dyn Traceable>;
@@ -141,10 +217,12 @@ impl Registry {
 }
 
 enum State<F: Future> {
-    /// Not finished: the future, and the waker of its last real poll (none before the first).
+    /// Not finished: the future, the waker of its last real poll (none before the first), and
+    /// when that poll returned `Pending` (clock nanoseconds; 0 before the first).
     Pending {
         future: Pin<Box<F>>,
         waker: Option<Waker>,
+        parked_since: u64,
     },
     /// Finished during a trace: the output waits for the next real poll.
     Ready(F::Output),
@@ -156,6 +234,10 @@ enum State<F: Future> {
 
 struct Slot<F: Future> {
     id: AtomicU64,
+    /// The task that called [`root`], if a task did.
+    parent: Option<tokio::task::Id>,
+    /// When [`root`] was called (clock nanoseconds).
+    spawned: u64,
     spawned_at: &'static Location<'static>,
     state: Mutex<State<F>>,
 }
@@ -167,19 +249,25 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    fn trace(&self) -> Traced {
+    fn trace(&self) -> (Traced, Option<u64>) {
         // Busy (being polled), or poisoned by a panic in a real poll (the task is ending): skip.
         let Ok(mut state) = self.state.try_lock() else {
-            return Traced::Running;
+            return (Traced::Running, None);
         };
-        let State::Pending { future, waker } = &mut *state else {
-            return Traced::Running;
+        let State::Pending {
+            future,
+            waker,
+            parked_since,
+        } = &mut *state
+        else {
+            return (Traced::Running, None);
         };
         let Some(waker) = waker.clone() else {
-            return Traced::Runnable;
+            return (Traced::Runnable, None);
         };
+        let parked_since = Some(*parked_since);
         if !cfg!(tokio_unstable) || !walk::available() {
-            return Traced::Untraceable;
+            return (Traced::Untraceable, parked_since);
         }
         let mut stacks = Vec::new();
         let mut cx = Context::from_waker(&waker);
@@ -187,16 +275,16 @@ where
             poll_traced(future.as_mut(), &mut cx, &mut stacks)
         }));
         match polled {
-            Ok(Poll::Pending) => Traced::Parked(stacks),
+            Ok(Poll::Pending) => (Traced::Parked(stacks), parked_since),
             Ok(Poll::Ready(output)) => {
                 *state = State::Ready(output);
                 waker.wake();
-                Traced::Running
+                (Traced::Running, None)
             }
             Err(payload) => {
                 *state = State::Panicked(payload);
                 waker.wake();
-                Traced::Running
+                (Traced::Running, None)
             }
         }
     }
@@ -206,6 +294,14 @@ where
             NO_ID => None,
             id => Some(id),
         }
+    }
+
+    fn parent(&self) -> Option<u64> {
+        self.parent.and_then(id_number)
+    }
+
+    fn spawned(&self) -> u64 {
+        self.spawned
     }
 
     fn spawned_at(&self) -> &'static Location<'static> {
@@ -262,10 +358,13 @@ where
 {
     let slot = Arc::new(Slot {
         id: AtomicU64::new(NO_ID),
+        parent: tokio::task::try_id(),
+        spawned: now(),
         spawned_at: Location::caller(),
         state: Mutex::new(State::Pending {
             future: Box::pin(future),
             waker: None,
+            parked_since: 0,
         }),
     });
     let weak: Weak<dyn Traceable> = Arc::downgrade(&slot) as Weak<dyn Traceable>;
@@ -288,15 +387,18 @@ impl<F: Future> Future for TaskRoot<F> {
             }
         };
         match &mut *state {
-            State::Pending { future, waker } => {
+            State::Pending {
+                future,
+                waker,
+                parked_since,
+            } => {
                 match waker {
                     Some(last) if last.will_wake(cx.waker()) => {}
                     Some(last) => last.clone_from(cx.waker()),
                     None => {
                         // The first poll: learn tokio's id, once (it is only shown in profiles).
                         *waker = Some(cx.waker().clone());
-                        if let Some(id) = tokio::task::try_id() {
-                            let id = id.to_string().parse().unwrap_or(NO_ID);
+                        if let Some(id) = tokio::task::try_id().and_then(id_number) {
                             slot.id.store(id, Ordering::Relaxed);
                         }
                     }
@@ -304,6 +406,8 @@ impl<F: Future> Future for TaskRoot<F> {
                 let polled = future.as_mut().poll(cx);
                 if polled.is_ready() {
                     *state = State::Gone;
+                } else {
+                    *parked_since = now();
                 }
                 polled
             }
@@ -344,10 +448,45 @@ pub fn trace_all() -> Vec<TaskTrace> {
     REGISTRY
         .live()
         .into_iter()
-        .map(|slot| TaskTrace {
-            id: slot.id(),
-            spawned_at: slot.spawned_at(),
-            traced: slot.trace(),
+        .map(|slot| {
+            let (traced, parked_since) = slot.trace();
+            // Read after the trace: no time read here is earlier than one the task recorded.
+            let now = now();
+            let since = |then: u64| Duration::from_nanos(now.saturating_sub(then));
+            TaskTrace {
+                task: Task {
+                    id: slot.id(),
+                    parent: slot.parent(),
+                    age: since(slot.spawned()),
+                    parked: parked_since.map_or(Duration::ZERO, since),
+                },
+                spawned_at: slot.spawned_at(),
+                traced,
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_read_as_numbers() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let id = runtime.block_on(async { tokio::spawn(async { tokio::task::id() }).await });
+        let id = id.unwrap();
+        assert_eq!(id_number(id), Some(id.to_string().parse().unwrap()));
+    }
+
+    #[test]
+    fn the_coarse_clock_moves_forward() {
+        let before = now();
+        std::thread::sleep(Duration::from_millis(30));
+        let after = now();
+        assert!(before > 0 && after > before, "{before} {after}");
+        assert!(after - before >= 10_000_000, "{before} {after}");
+    }
 }

@@ -4,9 +4,11 @@
 //!
 //! tokio's runtime hooks call [`on_spawn`] and [`on_terminate`] (see [`install`]); each finds the
 //! site's slot in a fixed, lock-free open-addressing table keyed by the `&'static Location` tokio
-//! records, and bumps one atomic: O(1) per spawn and exit, no lock, no allocation, no pause of the
-//! runtime. The first spawn at a site also records the raw return addresses of its spawner, once,
-//! so that a profile can name the function that spawned (Go's "created by").
+//! records, and bumps its atomics: O(1) per spawn and exit, no lock, no allocation, no pause of the
+//! runtime. Each site counts its tasks alive and its tasks ever spawned, so a profile can say how
+//! much of what was spawned there is still alive. The first spawn at a site also records the raw
+//! return addresses of its spawner, once, so that a profile can name the function that spawned
+//! (Go's "created by").
 //!
 //! The table is process-wide because tokio's hooks are: one per runtime builder, called from any
 //! worker.
@@ -14,7 +16,7 @@
 use std::panic::Location;
 use std::ptr;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// Distinct spawn sites the table can hold (a program has far fewer `spawn` calls). Spawns at
 /// sites beyond it are not counted, and a warning says so once.
@@ -25,6 +27,7 @@ const SPAWNER_DEPTH: usize = 24;
 struct Slot {
     site: AtomicPtr<Location<'static>>,
     alive: AtomicI64,
+    spawned: AtomicU64,
     spawner: OnceLock<Box<[u64]>>,
 }
 
@@ -33,6 +36,7 @@ impl Slot {
         Self {
             site: AtomicPtr::new(ptr::null_mut()),
             alive: AtomicI64::new(0),
+            spawned: AtomicU64::new(0),
             spawner: OnceLock::new(),
         }
     }
@@ -88,6 +92,7 @@ pub fn on_spawn(site: &'static Location<'static>) {
     match slot(site, true) {
         Some((slot, claimed)) => {
             slot.alive.fetch_add(1, Ordering::Relaxed);
+            slot.spawned.fetch_add(1, Ordering::Relaxed);
             if claimed {
                 // Once per site: the spawner's return addresses, to name it in profiles.
                 let mut addresses = Vec::with_capacity(SPAWNER_DEPTH);
@@ -124,6 +129,8 @@ pub struct SiteCount {
     pub site: &'static Location<'static>,
     /// How many are alive.
     pub alive: u64,
+    /// How many were ever spawned there (alive or ended).
+    pub spawned: u64,
     /// Raw return addresses of the first spawner seen here, innermost first.
     pub spawner: &'static [u64],
 }
@@ -139,6 +146,8 @@ pub fn snapshot() -> Vec<SiteCount> {
             (alive > 0).then(|| SiteCount {
                 site,
                 alive: alive as u64,
+                // Read after `alive`: a spawn between the reads makes it larger, never smaller.
+                spawned: slot.spawned.load(Ordering::Relaxed).max(alive as u64),
                 spawner: slot.spawner.get().map_or(&[], |addresses| addresses),
             })
         })
@@ -183,6 +192,13 @@ mod tests {
             .map_or(0, |count| count.alive)
     }
 
+    fn spawned(site: &'static Location<'static>) -> u64 {
+        snapshot()
+            .iter()
+            .find(|count| ptr::eq(count.site, site))
+            .map_or(0, |count| count.spawned)
+    }
+
     #[test]
     fn spawns_and_exits_are_counted_per_site_and_unknown_exits_are_ignored() {
         let (a, b, blocking) = (here(), here(), here());
@@ -195,6 +211,11 @@ mod tests {
         assert_eq!(alive(a), 2);
         assert_eq!(alive(b), 1);
         assert_eq!(alive(blocking), 0);
+        assert_eq!(
+            (spawned(a), spawned(b)),
+            (3, 1),
+            "ever spawned, beside alive"
+        );
         let recorded = snapshot()
             .into_iter()
             .find(|count| ptr::eq(count.site, a))
@@ -228,5 +249,6 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(alive(site), 40_000);
+        assert_eq!(spawned(site), 80_000);
     }
 }
