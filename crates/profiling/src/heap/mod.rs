@@ -19,7 +19,7 @@ use leakfinder_pprof::conventions::is_allocator;
 
 use super::ProfilingError;
 use super::symbols::{FramesByAddress, Symbolizer, caller};
-use leakfinder_pprof::{Frame, Label, Profile, ProfileBuilder, StackEntry};
+use leakfinder_pprof::{Frame, Profile, ProfileBuilder, StackEntry};
 pub use tracking::Counts;
 
 /// The numeric label of in-use samples: the mean age of their allocations.
@@ -250,10 +250,6 @@ pub fn build_profile(heap: &RawHeap, frames: &FramesByAddress) -> Profile {
             heap.untracked
         ));
     }
-    let (age_key, age_unit) = (builder.string(AGE_LABEL), builder.string(AGE_UNIT));
-    // Samples that carry an age, and the age: labels are added once the profile is built.
-    let mut ages: Vec<(usize, i64)> = Vec::new();
-    let mut samples = 0;
     for raw in &heap.stacks {
         let mut stack: Vec<StackEntry> = raw
             .addresses
@@ -275,28 +271,17 @@ pub fn build_profile(heap: &RawHeap, frames: &FramesByAddress) -> Profile {
             } else {
                 vec![objects, bytes]
             };
-            builder.add_sample(&stack, values, &[]);
-            if let Some(age) = group.age_seconds {
-                ages.push((samples, age.round() as i64));
-            }
-            samples += 1;
+            let age = group
+                .age_seconds
+                .map(|age| (AGE_LABEL, age.round() as i64, AGE_UNIT));
+            builder.add_sample_with_numbers(&stack, values, &[], age.as_slice());
         }
         if let Some(freed) = raw.freed.filter(|freed| freed.objects > 0 && heap.tracked) {
             let (objects, bytes) = unsample(freed.objects, freed.bytes, heap.sample_period);
             builder.add_sample(&stack, vec![objects, bytes, 0, 0], &[]);
-            samples += 1;
         }
     }
-    let mut profile = builder.build();
-    for (sample, age) in ages {
-        profile.sample[sample].label.push(Label {
-            key: age_key,
-            str: 0,
-            num: age,
-            num_unit: age_unit,
-        });
-    }
-    profile
+    builder.build()
 }
 
 /// Makes `sample_type` the profile's default (`alloc_space` for `/debug/pprof/allocs`, as Go's
