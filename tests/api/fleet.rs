@@ -96,11 +96,13 @@ fn fleet_finds_the_recorded_leaks_with_their_functions_and_nothing_else() {
         ["2026-12-01T14:42:38Z", "2026-12-01T14:42:53Z"].contains(&since),
         "{since}"
     );
-    assert!(
-        slice["query"].as_str().unwrap().starts_with(&format!(
-            "profilecli query profile --url {} --profile-type memory:inuse_space:bytes:space:bytes --query '{{service_name=\"checkout\"}}' --from {since}",
+    // The query covers one window, the last (issue 21, item 4): a longer range sums snapshots.
+    assert_eq!(
+        slice["query"].as_str().unwrap(),
+        format!(
+            "profilecli query profile --url {} --profile-type memory:inuse_space:bytes:space:bytes --query '{{service_name=\"checkout\"}}' --from 2026-12-01T14:47:38Z --to 2026-12-01T14:47:53Z",
             replay.url
-        )),
+        ),
         "{slice}"
     );
 

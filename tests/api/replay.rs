@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use leakfinder::fleet::client::SelectMergeProfileRequest;
+use leakfinder_detector::fleet::client::SelectMergeProfileRequest;
 use poem::http::StatusCode;
 use poem::{Body, Request, Response};
 use prost::Message;

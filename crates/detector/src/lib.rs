@@ -5,23 +5,29 @@
 //! analysis, so `cargo install --path crates/detector` gives the `leakfinder` command alone.
 //!
 //! # Layout
-//! - [`sampler`] fetches profiles over HTTP (I/O only);
+//! - [`sampler`] fetches profiles over HTTP or HTTPS (I/O only);
+//! - [`tls`] is HTTPS for both clients: the system's roots, `--ca-cert`, and what a failed
+//!   handshake failed at;
 //! - [`frames`] says which frame of a stack is the site: the program's own code (pure);
 //! - [`profile`] reads a profile as the amount retained per site (pure);
 //! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
 //!   steps that never comes down (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
-//! - [`scan`] is the `leakfinder scan` command.
+//! - [`scan`] is the `leakfinder scan` command;
+//! - [`fleet`] is the `leakfinder fleet` command: the same analysis over every service of a
+//!   fleet, read back from Pyroscope (`--every`: a watch, exported over OTLP with feature `otlp`).
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod fleet;
 pub mod frames;
 pub mod profile;
 pub mod sampler;
 pub mod scan;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

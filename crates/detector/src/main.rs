@@ -1,9 +1,11 @@
 //! The `leakfinder` command: `leakfinder scan URL` watches a service's pprof endpoints and says
-//! what leaks. The analysis is the library; this is its command line.
+//! what leaks; `leakfinder fleet --pyroscope URL` says it for every service that pushes to a
+//! Pyroscope. The analysis is the library; this is its command line.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use leakfinder_detector::fleet::{self, FleetArgs};
 use leakfinder_detector::scan::{self, ScanArgs};
 
 /// Finds memory and task leaks in services that serve pprof profiles.
@@ -20,10 +22,15 @@ enum Command {
     /// 1: leaks found, 2: error). Works on leakfinder's own endpoints and on any Go
     /// `net/http/pprof` service.
     Scan(ScanArgs),
+    /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
+    /// nothing, 1: leaks found, 2: error). With --every, runs until SIGTERM and exports OTLP
+    /// metrics.
+    Fleet(FleetArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scan(args) => scan::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
     }
 }

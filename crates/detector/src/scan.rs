@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use crate::profile::{ProfileKind, snapshot};
 use crate::sampler::{FetchError, Sampler, Target};
+use crate::tls::{CaCertError, CaCerts};
 use crate::{Detector, Finding};
 
 /// The `scan` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScanArgs {
-    /// The service: its base URL, or any of its `/debug/pprof/` URLs.
+    /// The service: its base URL, or any of its `/debug/pprof/` URLs (`http://` or `https://`).
     pub url: String,
-    /// How long to watch (`30s`, `2m`, `500ms`).
+    /// How long to watch (`30s`, `2m`, `3m30s`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time between two samples.
@@ -31,29 +32,50 @@ pub struct ScanArgs {
     /// temporary directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust beside the system's roots, for an `https://`
+    /// target whose certificate a private CA signed.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
-/// `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+/// `30s`, `2m`, `1h`, `500ms`, compounds of them (`3m30s`, `1h15m`) or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 500ms"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ));
-        }
-    };
+    let bad = || format!("{text:?} is not a duration like 30s, 2m, 3m30s or 500ms");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut seconds = 0.0;
+    let mut rest = text;
+    let mut first = true;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let letters = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(letters);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            // A bare number is seconds, alone; within a compound every part has its unit.
+            "" if first => 1.0,
+            "" => return Err(bad()),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+                ));
+            }
+        };
+        seconds += number * scale;
+        first = false;
+        rest = after;
+    }
     if !(0.001..=86_400.0).contains(&seconds) {
         return Err(format!("{text:?} must be between 1ms and 24h"));
     }
@@ -73,6 +95,8 @@ struct Reported<'a> {
 enum ScanError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    CaCert(#[from] CaCertError),
     #[error("cannot save profiles under {dir}: {source}")]
     Save {
         dir: PathBuf,
@@ -125,6 +149,7 @@ impl Watched {
                     Some(
                         FetchError::Status { .. }
                             | FetchError::Refused { .. }
+                            | FetchError::Tls { .. }
                             | FetchError::NotPprof { .. }
                     )
                 ))
@@ -162,7 +187,8 @@ fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), ScanError> {
 }
 
 fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
-    let sampler = Sampler::new(Target::parse(&args.url)?)?;
+    let target = Target::parse(&args.url)?;
+    let sampler = Sampler::with_ca_certs(target, &CaCerts::read(args.ca_cert.as_deref())?)?;
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -286,6 +312,16 @@ fn scan(args: &ScanArgs) -> Result<Vec<Finding>, ScanError> {
     Ok(findings)
 }
 
+/// An amount for people: bytes as [`human`] says them; a count of tasks (or goroutines) as the
+/// whole number it is (`8180 tasks`, not `8180.0 tasks`).
+pub fn amount(value: f64, unit: &str) -> String {
+    if unit == "bytes" {
+        human(value, unit)
+    } else {
+        format!("{value:.0} {unit}")
+    }
+}
+
 /// A rate or amount for people: bytes in B, KiB, MiB or GiB; any other unit as it is.
 pub fn human(value: f64, unit: &str) -> String {
     if unit != "bytes" {
@@ -327,7 +363,7 @@ fn render(reported: &[Reported], base: &str, samples: usize, elapsed: f64, out: 
             finding.function,
             finding.file,
             finding.line,
-            human(finding.retained, &finding.unit),
+            amount(finding.retained, &finding.unit),
             finding.first_seen_seconds,
             finding.confidence,
         );
@@ -402,7 +438,12 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "10x", "-1s", "0s", "25h", "1e9"] {
+        assert_eq!(parse_duration("3m30s"), Ok(Duration::from_secs(210)));
+        assert_eq!(parse_duration("1h15m"), Ok(Duration::from_secs(4500)));
+        assert_eq!(parse_duration("1m500ms"), Ok(Duration::from_millis(60_500)));
+        for bad in [
+            "", "s", "10x", "-1s", "0s", "25h", "1e9", "3m30", "3m 30s", "m30s", "3m30x",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -416,6 +457,8 @@ mod tests {
             "3072.0 GiB"
         );
         assert_eq!(human(9.5, "tasks"), "9.5 tasks");
+        assert_eq!(amount(8180.0, "tasks"), "8180 tasks");
+        assert_eq!(amount(10.0 * 1024.0 * 1024.0, "bytes"), "10.0 MiB");
     }
 
     #[test]
@@ -452,6 +495,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("first seen at 0.0 s"), "{text}");
+        assert!(text.contains("retained now 6 tasks,"), "{text}");
         assert!(
             text.contains("never came down; rose in steps at 3, 12 s"),
             "{text}"

@@ -4,11 +4,14 @@
 //! analysis and site rules as `leakfinder scan`.
 //!
 //! - [`plan`] says which services and windows to ask for (pure);
-//! - [`client`] asks Pyroscope's query API, with bounded, panic-free decoding (I/O);
+//! - [`client`] asks Pyroscope's query API over HTTP or HTTPS, with bounded, panic-free decoding
+//!   (I/O);
 //! - [`service`] folds one service's windows into its series as they arrive (a window's
-//!   profile is dropped once folded, so memory is bounded per service);
+//!   profile is dropped once folded, so memory is bounded per service), and keeps them between
+//!   watch periods;
 //! - [`report`] ranks and prints the findings, each with a `profilecli` query (pure);
-//! - [`watch`] is `--every`: a scan per period, exported as OTLP metrics.
+//! - [`watch`] is `--every`: a scan per period that reads only the windows new since the last,
+//!   exported as OTLP metrics (feature `otlp`, in `export`).
 //!
 //! Heap profiles are snapshots: merging a range *sums* them, so each query covers one push
 //! window (`--window`, 15 s by default, the push interval of Pyroscope's agents).
@@ -18,31 +21,37 @@
 //! leak found elsewhere: a clean verdict is not given for what was not read).
 
 pub mod client;
+#[cfg(feature = "otlp")]
+mod export;
 pub mod plan;
 pub mod report;
 pub mod service;
 pub mod watch;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use client::{Auth, Client, QueryError};
 use plan::{PlanError, Range, Shard};
 use report::{FleetReport, ServiceReport};
+use service::Followed;
 
-use leakfinder_detector::scan::parse_duration;
+use crate::scan::parse_duration;
+use crate::tls::{CaCertError, CaCerts};
 
 /// The `fleet` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
-    /// Pyroscope's base URL (`http://pyroscope:4040`).
+    /// Pyroscope's base URL (`http://pyroscope:4040`, or `https://...`).
     #[arg(long, env = "LEAKFINDER_FLEET_PYROSCOPE")]
     pub pyroscope: String,
     /// Only services whose `service_name` this regular expression matches.
     #[arg(long, env = "LEAKFINDER_FLEET_SERVICES", value_parser = parse_regex)]
     pub services: Option<regex::Regex>,
-    /// How far back from now to look (default 30m). Not with --from/--to.
+    /// How far back from now to look (default 30m; `10m`, `3m30s`, `2h`). Not with --from/--to.
     #[arg(long, env = "LEAKFINDER_FLEET_SINCE", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
     pub since: Option<Duration>,
     /// Start of the range: RFC 3339 or unix milliseconds.
@@ -78,11 +87,19 @@ pub struct FleetArgs {
     /// The tenant (`X-Scope-OrgID`).
     #[arg(long, env = "LEAKFINDER_FLEET_TENANT")]
     pub tenant: Option<String>,
-    /// Watch: scan the last --since every this long, until SIGTERM, and export the findings as
-    /// OTLP metrics (`leakfinder_fleet_suspects`, `leakfinder_fleet_heap_growth_bytes_per_second`,
+    /// A PEM file of CA certificates to trust beside the system's roots, for an `https://`
+    /// Pyroscope whose certificate a private CA signed.
+    #[arg(long, env = "LEAKFINDER_FLEET_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Watch: every this long, until SIGTERM, read the windows new since the last period (the
+    /// last --since of them make the analysis) and export the findings as OTLP metrics
+    /// (`leakfinder_fleet_suspects`, `leakfinder_fleet_heap_growth_bytes_per_second`,
     /// `leakfinder_fleet_goroutine_growth_per_second`) to OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, env = "LEAKFINDER_FLEET_EVERY", value_parser = parse_duration)]
     pub every: Option<Duration>,
+    /// Where watch mode exports its findings.
+    #[command(flatten)]
+    pub otlp: watch::OtlpArgs,
 }
 
 fn parse_regex(text: &str) -> Result<regex::Regex, String> {
@@ -109,6 +126,9 @@ pub enum FleetError {
     /// `--basic-auth` is not `user:password`.
     #[error("--basic-auth must be user:password")]
     BasicAuth,
+    /// `--ca-cert` cannot be used.
+    #[error(transparent)]
+    CaCert(#[from] CaCertError),
     /// The client could not be built.
     #[error(transparent)]
     Client(QueryError),
@@ -141,19 +161,29 @@ impl FleetArgs {
             (None, None) => Auth::None,
         };
         let tenant = self.tenant.clone().filter(|t| !t.is_empty());
-        Client::new(&self.pyroscope, auth, tenant).map_err(FleetError::Client)
+        let ca_certs = CaCerts::read(self.ca_cert.as_deref())?;
+        Client::new(&self.pyroscope, auth, tenant, &ca_certs).map_err(FleetError::Client)
     }
 
     /// The range to scan, with "now" passed in for `--since`.
     pub fn range(&self, now_ms: i64) -> Result<Range, PlanError> {
         match (self.from, self.to) {
             (Some(from), Some(to)) => Range::new(from, to, self.window),
-            _ => Range::since(
-                now_ms,
-                self.since.unwrap_or(Duration::from_secs(30 * 60)),
-                self.window,
-            ),
+            _ => Range::since(now_ms, self.since(), self.window),
         }
+    }
+
+    /// The range of a later watch period: as [`Self::range`], its windows on the grid of the
+    /// first period's (`phase`, one of its window starts), so periods share their windows.
+    pub fn range_on_grid(&self, now_ms: i64, phase: i64) -> Result<Range, PlanError> {
+        match (self.from, self.to) {
+            (Some(from), Some(to)) => Range::new(from, to, self.window),
+            _ => Range::since_on_grid(now_ms, self.since(), self.window, phase),
+        }
+    }
+
+    fn since(&self) -> Duration {
+        self.since.unwrap_or(Duration::from_secs(30 * 60))
     }
 }
 
@@ -164,10 +194,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |since| since.as_millis() as i64)
 }
 
-/// Runs `leakfinder fleet` and returns its exit code. `config` says where watch mode exports.
-pub fn run(args: &FleetArgs, config: &crate::config::Config) -> ExitCode {
+/// Runs `leakfinder fleet` and returns its exit code.
+pub fn run(args: &FleetArgs) -> ExitCode {
     if let Some(every) = args.every {
-        return watch::run(args, every, config);
+        return watch::run(args, every);
     }
     let outcome = args
         .client()
@@ -205,13 +235,26 @@ fn print(report: &FleetReport, json: bool) {
     }
 }
 
-/// Lists the services, scans this instance's share of them on a pool of `--concurrency`
-/// workers, and ranks the outcome.
+/// Lists the services, scans this instance's share of them over the whole `range` on a pool of
+/// `--concurrency` workers, and ranks the outcome.
 pub fn scan_fleet(
     client: &Client,
     args: &FleetArgs,
     range: &Range,
 ) -> Result<FleetReport, FleetError> {
+    scan_range(client, args, range, &mut BTreeMap::new())
+}
+
+/// [`scan_fleet`] that goes on from `followed`, each service's state of earlier periods: only
+/// windows not read yet are asked for. Afterwards `followed` holds the state of every service
+/// scanned without error (a service that failed starts afresh next time).
+pub fn scan_range(
+    client: &Client,
+    args: &FleetArgs,
+    range: &Range,
+    followed: &mut BTreeMap<String, Followed>,
+) -> Result<FleetReport, FleetError> {
+    let queries_before = client.queries();
     let listed = client
         .label_values("service_name", &[], range.from, range.to)
         .map_err(FleetError::Listing)?;
@@ -226,37 +269,66 @@ pub fn scan_fleet(
             listed: listed.len(),
         });
     }
-    let services = scan_services(client, &services, range, usize::from(args.concurrency));
+    // Services no longer listed are forgotten; new ones start with an empty series.
+    let capacity = range.windows().len();
+    let mut kept = std::mem::take(followed);
+    let work: Vec<(String, Followed)> = services
+        .into_iter()
+        .map(|service| {
+            let state = kept
+                .remove(&service)
+                .unwrap_or_else(|| Followed::new(range.from, capacity));
+            (service, state)
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(work.len());
+    for (report, state) in scan_services(client, work, range, usize::from(args.concurrency)) {
+        if let Some(state) = state {
+            followed.insert(report.service.clone(), state);
+        }
+        reports.push(report);
+    }
     let mut report = FleetReport {
         pyroscope: client.base().to_owned(),
         from: plan::format_rfc3339(range.from),
         to: plan::format_rfc3339(range.to),
         window_seconds: range.window.as_secs_f64(),
         listed: listed.len(),
-        services,
-        queries: client.queries(),
+        services: reports,
+        queries: client.queries() - queries_before,
     };
     report.rank();
     Ok(report)
 }
 
-/// Scans `services` on `workers` threads, each taking the next service when done with one.
+/// Scans `services` (each with its state) on `workers` threads, each taking the next service
+/// when done with one. Returns each service's report and its state (`None` when it failed).
 pub fn scan_services(
     client: &Client,
-    services: &[String],
+    services: Vec<(String, Followed)>,
     range: &Range,
     workers: usize,
-) -> Vec<ServiceReport> {
-    let next = AtomicUsize::new(0);
+) -> Vec<(ServiceReport, Option<Followed>)> {
+    let workers = workers.clamp(1, services.len().max(1));
+    let queue = Mutex::new(services.into_iter());
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, services.len().max(1)) {
+        for _ in 0..workers {
             let sender = sender.clone();
-            let next = &next;
+            let queue = &queue;
             scope.spawn(move || {
-                while let Some(service) = services.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let report = scan_one(client, service, range);
-                    if sender.send(report).is_err() {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some((service, state)) = next else {
+                        return;
+                    };
+                    if sender
+                        .send(scan_one(client, service, state, range))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -267,27 +339,47 @@ pub fn scan_services(
     receiver.into_iter().collect()
 }
 
-fn scan_one(client: &Client, service: &str, range: &Range) -> ServiceReport {
-    match service::scan(client, service, range) {
-        Ok(scanned) => ServiceReport {
-            service: service.to_owned(),
-            findings: scanned
-                .findings
+fn scan_one(
+    client: &Client,
+    service: String,
+    mut state: Followed,
+    range: &Range,
+) -> (ServiceReport, Option<Followed>) {
+    match state.update(client, &service, range) {
+        Ok(()) => {
+            let findings = state
+                .series()
+                .findings()
                 .into_iter()
                 .map(|finding| {
-                    report::locate(finding, service, range, client.base(), client.tenant())
+                    report::locate(
+                        finding,
+                        &service,
+                        state.series(),
+                        client.base(),
+                        client.tenant(),
+                    )
                 })
-                .collect(),
-            heap_windows: scanned.heap_windows,
-            goroutine_windows: scanned.goroutine_windows,
-            error: None,
-        },
-        Err(error) => ServiceReport {
-            service: service.to_owned(),
-            findings: Vec::new(),
-            heap_windows: 0,
-            goroutine_windows: 0,
-            error: Some(error.to_string()),
-        },
+                .collect();
+            let (heap_windows, goroutine_windows) = state.series().windows();
+            let report = ServiceReport {
+                service,
+                findings,
+                heap_windows,
+                goroutine_windows,
+                error: None,
+            };
+            (report, Some(state))
+        }
+        Err(error) => {
+            let report = ServiceReport {
+                service,
+                findings: Vec::new(),
+                heap_windows: 0,
+                goroutine_windows: 0,
+                error: Some(error.to_string()),
+            };
+            (report, None)
+        }
     }
 }

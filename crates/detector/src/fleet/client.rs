@@ -1,4 +1,4 @@
-//! A client of Pyroscope's query API: connect unary calls, `POST
+//! A client of Pyroscope's query API over HTTP or HTTPS: connect unary calls, `POST
 //! /querier.v1.QuerierService/<Method>`, JSON for metadata and protobuf for `SelectMergeProfile`
 //! (whose answer is then a pprof profile).
 //!
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use prost::Message;
 
+use crate::tls::{self, CaCerts, TlsFailure};
 use leakfinder_pprof::{self as pprof, Profile};
 
 /// A JSON answer larger than this is refused (a service list of 100 000 names is ~3 MiB).
@@ -37,6 +38,14 @@ pub enum QueryError {
         url: String,
         /// What the connection said.
         reason: String,
+    },
+    /// The TLS handshake failed: the certificate, the name or the protocol.
+    #[error("TLS with Pyroscope at {url} failed: {failure}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What failed.
+        failure: TlsFailure,
     },
     /// Pyroscope took longer than [`QUERY_TIMEOUT`].
     #[error("Pyroscope did not answer {method} within {} s", QUERY_TIMEOUT.as_secs())]
@@ -145,16 +154,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the Pyroscope at `base` (`http://pyroscope:4040`).
-    pub fn new(base: &str, auth: Auth, tenant: Option<String>) -> Result<Self, QueryError> {
+    /// A client of the Pyroscope at `base` (`http://pyroscope:4040`, `https://...`), trusting
+    /// the system's roots and `ca_certs`.
+    pub fn new(
+        base: &str,
+        auth: Auth,
+        tenant: Option<String>,
+        ca_certs: &CaCerts,
+    ) -> Result<Self, QueryError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(QueryError::Unreachable {
                 url: base,
-                reason: "not an http:// URL".into(),
+                reason: "not an http:// or https:// URL".into(),
             });
         }
-        let http = reqwest::blocking::Client::builder()
+        let http = ca_certs
+            .client_builder()
             .timeout(QUERY_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -349,6 +365,12 @@ fn connect_message(body: &[u8]) -> String {
 fn classify(base: &str, method: &'static str, error: &reqwest::Error) -> QueryError {
     if error.is_timeout() {
         return QueryError::Timeout { method };
+    }
+    if let Some(failure) = tls::failure(error) {
+        return QueryError::Tls {
+            url: base.to_owned(),
+            failure,
+        };
     }
     let mut reason = error.to_string();
     let mut cause = std::error::Error::source(error);

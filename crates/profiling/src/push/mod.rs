@@ -1,7 +1,17 @@
 //! Continuous profiles pushed to Pyroscope from one thread: the CPU sampler's windows (the same
-//! windows `/debug/pprof/profile` serves) and the heap profile `/debug/pprof/heap` serves, each on
-//! its interval, over Pyroscope's own push API (`push.v1.PusherService/Push`, encoded with the
-//! `pyroscope` crate's protocol types).
+//! windows `/debug/pprof/profile` serves), and the heap and task profiles `/debug/pprof/heap` and
+//! `/debug/pprof/goroutine` serve (the task profile as Pyroscope's `goroutine` type, so a Rust
+//! service's task leak shows beside Go services' goroutines), over Pyroscope's own push API
+//! (`push.v1.PusherService/Push`, encoded with the `pyroscope` crate's protocol types), over
+//! `http://` or `https://`, with the tenant (`X-Scope-OrgID`) and credentials (basic auth or a
+//! bearer token) of [`PushSettings`], which are never logged.
+//!
+//! - **Snapshots never closer than the heap interval.** Heap and task profiles are snapshots, and
+//!   Pyroscope adds up the snapshots of a range: two in one window read double. Every snapshot is
+//!   stamped with the time it was due, and the last push at shutdown takes one only if the
+//!   previous is at least an interval old (its CPU windows are always pushed).
+//! - **Labels Pyroscope keeps** ([`labels`]): numeric sample labels are dropped by Pyroscope, so
+//!   the pushed copies carry a numeric `age` as a coarse string and drop the other numbers.
 //!
 //! What the `pyroscope` crate's agent, used before, did not do:
 //! - **Nothing is lost to an outage.** A push that fails stays in a queue bounded by count and
@@ -28,16 +38,21 @@ use pyroscope::encode::r#gen::push::{PushRequest, RawProfileSeries, RawSample};
 use pyroscope::encode::r#gen::types::LabelPair;
 use tokio::sync::broadcast;
 
+pub mod labels;
+
 use crate::Profilers;
 use crate::cpu::{self, CpuWindow, DemandGuard};
 use crate::heap;
-use crate::symbols::Symbolizer;
-use leakfinder_pprof::{encode_gzip, gzip};
+use crate::tasks;
+use leakfinder_pprof::{Profile, encode_gzip, gzip};
 
 /// Pyroscope's name of the CPU profile type (`process_cpu:cpu:nanoseconds:cpu:nanoseconds`).
 pub const CPU_PROFILE: &str = "process_cpu";
 /// Pyroscope's name of the heap profile type (`memory:inuse_space:bytes:space:bytes`).
 pub const HEAP_PROFILE: &str = "memory";
+/// Pyroscope's name of the goroutine profile type (`goroutine:goroutine:count:goroutine:count`),
+/// which the task profile is pushed as.
+pub const GOROUTINE_PROFILE: &str = "goroutine";
 /// Where pushes go, under the server's address.
 pub const PUSH_PATH: &str = "/push.v1.PusherService/Push";
 
@@ -77,8 +92,97 @@ pub const DEFAULT_CPU_EVERY: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEAP_EVERY: Duration = Duration::from_secs(15);
 /// The environment variable [`ProfilePush::from_env`] reads Pyroscope's URL from.
 pub const SERVER_ADDRESS_ENV: &str = "PYROSCOPE_SERVER_ADDRESS";
+/// The tenant, sent as `X-Scope-OrgID` (as Pyroscope's Java agent reads it).
+pub const TENANT_ID_ENV: &str = "PYROSCOPE_TENANT_ID";
+/// The basic auth user (with [`BASIC_AUTH_PASSWORD_ENV`]).
+pub const BASIC_AUTH_USER_ENV: &str = "PYROSCOPE_BASIC_AUTH_USER";
+/// The basic auth password (with [`BASIC_AUTH_USER_ENV`]).
+pub const BASIC_AUTH_PASSWORD_ENV: &str = "PYROSCOPE_BASIC_AUTH_PASSWORD";
+/// A bearer token.
+pub const AUTH_TOKEN_ENV: &str = "PYROSCOPE_AUTH_TOKEN";
 
-/// Where and how often to push, and the labels every profile carries.
+/// How pushes authenticate. Its `Debug` shows the kind, never the secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum PushAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Basic ...` of `user:password`.
+    Basic {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// `Authorization: Bearer TOKEN`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for PushAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Basic { user, .. } => write!(f, "Basic {{ user: {user:?}, password: <hidden> }}"),
+            Self::Bearer(_) => f.write_str("Bearer(<hidden>)"),
+        }
+    }
+}
+
+/// Credentials that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Only one half of basic auth is set.
+    #[error(
+        "{BASIC_AUTH_USER_ENV} and {BASIC_AUTH_PASSWORD_ENV} go together: set both, or neither"
+    )]
+    HalfBasic,
+    /// Both basic auth and a bearer token are set.
+    #[error("set {AUTH_TOKEN_ENV} or {BASIC_AUTH_USER_ENV}/{BASIC_AUTH_PASSWORD_ENV}, not both")]
+    Both,
+}
+
+impl PushAuth {
+    /// The credentials of a user and password (basic auth) or a token (bearer); empty values
+    /// count as unset.
+    pub fn from_parts(
+        user: Option<&str>,
+        password: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, AuthError> {
+        let set = |value: Option<&str>| value.filter(|value| !value.is_empty()).map(str::to_owned);
+        match (set(user), set(password), set(token)) {
+            (None, None, None) => Ok(Self::None),
+            (None, None, Some(token)) => Ok(Self::Bearer(token)),
+            (Some(user), Some(password), None) => Ok(Self::Basic { user, password }),
+            (Some(_), Some(_), Some(_)) => Err(AuthError::Both),
+            _ => Err(AuthError::HalfBasic),
+        }
+    }
+
+    /// The kind, for logs: `none`, `basic` or `bearer`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Basic { .. } => "basic",
+            Self::Bearer(_) => "bearer",
+        }
+    }
+
+    /// The settings to check when Pyroscope refuses the credentials.
+    fn what_to_check(&self) -> String {
+        match self {
+            Self::None => format!(
+                "it wants credentials: set {AUTH_TOKEN_ENV}, or {BASIC_AUTH_USER_ENV} and {BASIC_AUTH_PASSWORD_ENV}"
+            ),
+            Self::Basic { .. } => {
+                format!("check {BASIC_AUTH_USER_ENV} and {BASIC_AUTH_PASSWORD_ENV}")
+            }
+            Self::Bearer(_) => format!("check {AUTH_TOKEN_ENV}"),
+        }
+    }
+}
+
+/// Where and how often to push, as whom, and the labels every profile carries.
 #[derive(Debug, Clone)]
 pub struct PushSettings {
     /// Pyroscope's base URL (`http://pyroscope:4040`), without a trailing slash.
@@ -89,12 +193,17 @@ pub struct PushSettings {
     pub service_version: String,
     /// How often CPU windows are pushed.
     pub cpu_every: Duration,
-    /// How often a heap profile is taken and pushed.
+    /// How often heap and task profiles are taken and pushed.
     pub heap_every: Duration,
+    /// The tenant (`X-Scope-OrgID`), for a multi-tenant Pyroscope.
+    pub tenant_id: Option<String>,
+    /// The credentials (never logged).
+    pub auth: PushAuth,
 }
 
 impl PushSettings {
-    /// Pushes to `url` as `service_name`, CPU every 10 s and heap every 15 s, with no version.
+    /// Pushes to `url` as `service_name`, CPU every 10 s and heap every 15 s, with no version,
+    /// tenant or credentials.
     pub fn new(url: &str, service_name: &str) -> Self {
         Self {
             url: url.trim_end_matches('/').to_owned(),
@@ -102,30 +211,67 @@ impl PushSettings {
             service_version: String::new(),
             cpu_every: DEFAULT_CPU_EVERY,
             heap_every: DEFAULT_HEAP_EVERY,
+            tenant_id: None,
+            auth: PushAuth::None,
         }
+    }
+
+    /// [`Self::new`] for [`SERVER_ADDRESS_ENV`] when it is set and not empty, with the tenant
+    /// and credentials of [`TENANT_ID_ENV`], [`BASIC_AUTH_USER_ENV`] and
+    /// [`BASIC_AUTH_PASSWORD_ENV`], or [`AUTH_TOKEN_ENV`] (the variables Pyroscope's Java agent
+    /// reads); `None` without a server address.
+    pub fn from_env(service_name: &str) -> Result<Option<Self>, AuthError> {
+        let var = |name: &str| std::env::var(name).ok();
+        let Some(url) = var(SERVER_ADDRESS_ENV).filter(|url| !url.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let mut settings = Self::new(url.trim(), service_name);
+        settings.tenant_id = var(TENANT_ID_ENV).filter(|tenant| !tenant.is_empty());
+        settings.auth = PushAuth::from_parts(
+            var(BASIC_AUTH_USER_ENV).as_deref(),
+            var(BASIC_AUTH_PASSWORD_ENV).as_deref(),
+            var(AUTH_TOKEN_ENV).as_deref(),
+        )?;
+        Ok(Some(settings))
+    }
+}
+
+/// `url` without credentials in it (`https://user:secret@host` logs as `https://host`).
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
 impl ProfilePush {
-    /// Starts pushing to [`SERVER_ADDRESS_ENV`] (`PYROSCOPE_SERVER_ADDRESS`, Pyroscope's base
-    /// URL) as `service_name` with [`PushSettings::new`]'s defaults, if it is set and not empty;
-    /// `None` otherwise. Keep the value alive while the service runs: dropping it pushes the
-    /// last profiles.
-    pub fn from_env(service_name: &str, profilers: &Profilers) -> std::io::Result<Option<Self>> {
-        match std::env::var(SERVER_ADDRESS_ENV) {
-            Ok(url) if !url.trim().is_empty() => {
-                let settings = PushSettings::new(url.trim(), service_name);
-                Self::start(settings, profilers, Arc::default()).map(Some)
-            }
-            _ => Ok(None),
+    /// Starts pushing as [`PushSettings::from_env`] says (`PYROSCOPE_SERVER_ADDRESS`, Pyroscope's
+    /// base URL, and the tenant and credentials beside it) as `service_name`, if the address is
+    /// set and not empty; `None` otherwise. Keep the value alive while the service runs: dropping
+    /// it pushes the last profiles.
+    pub fn from_env(
+        service_name: &str,
+        profilers: &Arc<Profilers>,
+    ) -> std::io::Result<Option<Self>> {
+        match PushSettings::from_env(service_name) {
+            Ok(Some(settings)) => Self::start(settings, profilers, Arc::default()).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, error)),
         }
     }
 
     /// Starts the push thread: CPU windows from `profilers`' sampler (held in demand while the
-    /// push runs) and heap profiles, symbolised by `profilers`' symboliser, counted in `stats`.
+    /// push runs), heap and task profiles, symbolised by `profilers`' symboliser, counted in
+    /// `stats`.
     pub fn start(
         settings: PushSettings,
-        profilers: &Profilers,
+        profilers: &Arc<Profilers>,
         stats: Arc<PushStats>,
     ) -> std::io::Result<Self> {
         let cpu = profilers
@@ -144,22 +290,32 @@ impl ProfilePush {
             .into_iter()
             .filter(|(_, value)| !value.is_empty())
             .collect(),
+            tenant_id: settings.tenant_id.clone(),
+            auth: settings.auth.clone(),
             cpu,
             cpu_every: settings.cpu_every,
             heap_every: settings.heap_every,
-            symbols: Arc::clone(&profilers.symbols),
+            profilers: Arc::clone(profilers),
+            last_snapshot: None,
             stats,
             queue: Queue::default(),
             sequence: 0,
             retry_at: Instant::now(),
             backoff: FIRST_BACKOFF,
             failing: false,
+            refused: None,
         };
         let (finish, finished) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("profile-push".into())
             .spawn(move || pusher.run(&finished))?;
-        tracing::info!(url = %settings.url, service = %settings.service_name, "pushing CPU and heap profiles to Pyroscope");
+        tracing::info!(
+            url = %redacted(&settings.url),
+            service = %settings.service_name,
+            tenant = settings.tenant_id.as_deref().unwrap_or("none"),
+            auth = settings.auth.kind(),
+            "pushing CPU, heap and task (goroutine) profiles to Pyroscope"
+        );
         Ok(Self {
             finish,
             thread: Some(thread),
@@ -242,10 +398,14 @@ enum PushError {
 struct Pusher {
     endpoint: String,
     labels: Vec<(&'static str, String)>,
+    tenant_id: Option<String>,
+    auth: PushAuth,
     cpu: Option<(broadcast::Receiver<Arc<CpuWindow>>, DemandGuard)>,
     cpu_every: Duration,
     heap_every: Duration,
-    symbols: Arc<Symbolizer>,
+    profilers: Arc<Profilers>,
+    /// When the latest heap and task snapshots were due.
+    last_snapshot: Option<Instant>,
     stats: Arc<PushStats>,
     queue: Queue,
     sequence: u64,
@@ -253,6 +413,17 @@ struct Pusher {
     backoff: Duration,
     /// Whether the last push failed (warnings are logged on the change, not per push).
     failing: bool,
+    /// The status of the latest refusal, while pushes are refused (warned once per change).
+    refused: Option<u16>,
+}
+
+/// The wall-clock time `at` (an instant at or before now) stands for, in unix nanoseconds.
+fn unix_nanos(at: Instant) -> i64 {
+    let now = SystemTime::now()
+        .checked_sub(at.elapsed())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as i64)
 }
 
 impl Pusher {
@@ -266,6 +437,18 @@ impl Pusher {
             Err(error) => {
                 tracing::error!(%error, "cannot build the profile push client; no profiles will be pushed");
                 return;
+            }
+        };
+        // The task profile is taken through `Profilers::tasks`, which is async: on a runtime of
+        // this thread's own, so the push never waits on the service's.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => Some(runtime),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the task profile's runtime; task profiles will not be pushed");
+                None
             }
         };
         let started = Instant::now();
@@ -282,7 +465,7 @@ impl Pusher {
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
             };
             if let Some(deadline) = deadline {
-                self.last_push(&client, deadline);
+                self.last_push(&client, runtime.as_ref(), deadline);
                 return;
             }
             let now = Instant::now();
@@ -291,7 +474,7 @@ impl Pusher {
                 next_cpu = now + self.cpu_every;
             }
             if now >= next_heap {
-                self.collect_heap();
+                self.collect_snapshots(now, runtime.as_ref());
                 next_heap = now + self.heap_every;
             }
             if now >= self.retry_at {
@@ -300,11 +483,25 @@ impl Pusher {
         }
     }
 
-    /// The windows since the last push and a last heap profile, then everything queued, by
-    /// `deadline`.
-    fn last_push(&mut self, client: &reqwest::blocking::Client, deadline: Instant) {
+    /// The windows since the last push and, when the latest snapshots are at least an interval
+    /// old, last heap and task snapshots; then everything queued, by `deadline`.
+    fn last_push(
+        &mut self,
+        client: &reqwest::blocking::Client,
+        runtime: Option<&tokio::runtime::Runtime>,
+        deadline: Instant,
+    ) {
         self.collect_cpu(true);
-        self.collect_heap();
+        let now = Instant::now();
+        // Sooner, they would land in the window of the latest snapshots and read double there.
+        if self
+            .last_snapshot
+            .is_none_or(|last| now.duration_since(last) >= self.heap_every)
+        {
+            self.collect_snapshots(now, runtime);
+        } else {
+            tracing::debug!("the latest heap and task profiles are recent: none at exit");
+        }
         let profiles = self.queue.pushes.len();
         self.send_queued(client, Some(deadline));
         let left = self.queue.pushes.len();
@@ -348,21 +545,39 @@ impl Pusher {
         if collected.is_empty() {
             return;
         }
-        let frames = self.symbols.resolve(cpu::lookup_addresses(&collected));
+        let frames = self
+            .profilers
+            .symbols
+            .resolve(cpu::lookup_addresses(&collected));
         let profile = cpu::build_profile(&collected, &frames);
         self.enqueue(CPU_PROFILE, encode_gzip(&profile));
     }
 
-    fn collect_heap(&mut self) {
-        match heap::dump(&self.symbols) {
-            Ok(mut profile) => {
-                profile.time_nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_nanos() as i64);
-                self.enqueue(HEAP_PROFILE, encode_gzip(&profile));
-            }
+    /// Queues a heap and a task snapshot, both stamped `due` (when they were due, not when they
+    /// were taken, so two are never stamped less than an interval apart), their labels as
+    /// Pyroscope keeps them.
+    fn collect_snapshots(&mut self, due: Instant, runtime: Option<&tokio::runtime::Runtime>) {
+        self.last_snapshot = Some(due);
+        let stamp = unix_nanos(due);
+        match heap::dump(&self.profilers.symbols) {
+            Ok(profile) => self.enqueue_snapshot(HEAP_PROFILE, profile, stamp),
             Err(error) => tracing::warn!(%error, "no heap profile to push this round"),
         }
+        let Some(runtime) = runtime else {
+            return;
+        };
+        match runtime.block_on(self.profilers.tasks()) {
+            Ok(stacks) => {
+                self.enqueue_snapshot(GOROUTINE_PROFILE, tasks::build_profile(&stacks), stamp);
+            }
+            Err(error) => tracing::warn!(%error, "no task profile to push this round"),
+        }
+    }
+
+    fn enqueue_snapshot(&mut self, profile_type: &'static str, profile: Profile, stamp: i64) {
+        let mut profile = labels::for_pyroscope(profile);
+        profile.time_nanos = stamp;
+        self.enqueue(profile_type, encode_gzip(&profile));
     }
 
     /// Wraps a gzipped pprof profile in a push request and queues it.
@@ -410,10 +625,16 @@ impl Pusher {
             if timeout.is_zero() {
                 break;
             }
-            match post(client, &self.endpoint, &pending.body, timeout) {
+            let request = Request {
+                endpoint: &self.endpoint,
+                tenant_id: self.tenant_id.as_deref(),
+                auth: &self.auth,
+            };
+            match request.post(client, &pending.body, timeout) {
                 Ok(()) => {
                     self.queue.pop();
                     self.backoff = FIRST_BACKOFF;
+                    self.refused = None;
                     if self.failing {
                         self.failing = false;
                         tracing::info!(
@@ -426,11 +647,33 @@ impl Pusher {
                     let profile_type = pending.profile_type;
                     self.queue.pop();
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        status,
-                        profile_type,
-                        "Pyroscope refused a profile; dropped it"
-                    );
+                    if self.refused == Some(status) {
+                        tracing::debug!(
+                            status,
+                            profile_type,
+                            "Pyroscope refused a profile; dropped it"
+                        );
+                    } else if status == 401 || status == 403 {
+                        tracing::warn!(
+                            status,
+                            profile_type,
+                            tenant = self.tenant_id.as_deref().unwrap_or("none"),
+                            "Pyroscope refused the credentials; profiles are dropped until it accepts them: {}{}",
+                            self.auth.what_to_check(),
+                            if status == 403 {
+                                format!(", and {TENANT_ID_ENV}")
+                            } else {
+                                String::new()
+                            }
+                        );
+                    } else {
+                        tracing::warn!(
+                            status,
+                            profile_type,
+                            "Pyroscope refused a profile; dropped it (and any it refuses the same way)"
+                        );
+                    }
+                    self.refused = Some(status);
                 }
                 Err(error) => {
                     if !self.failing {
@@ -449,31 +692,49 @@ impl Pusher {
     }
 }
 
-fn post(
-    client: &reqwest::blocking::Client,
-    endpoint: &str,
-    body: &[u8],
-    timeout: Duration,
-) -> Result<(), PushError> {
-    let response = client
-        .post(endpoint)
-        .header("Content-Type", "application/proto")
-        .header("Content-Encoding", "gzip")
-        .header(
-            "User-Agent",
-            concat!("leakfinder-profiling/", env!("CARGO_PKG_VERSION")),
-        )
-        .timeout(timeout)
-        .body(body.to_vec())
-        .send()
-        .map_err(|error| PushError::Unavailable(error.without_url().to_string()))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-        Err(PushError::Refused(status.as_u16()))
-    } else {
-        Err(PushError::Unavailable(format!("status {status}")))
+/// Where one push goes, as whom.
+struct Request<'a> {
+    endpoint: &'a str,
+    tenant_id: Option<&'a str>,
+    auth: &'a PushAuth,
+}
+
+impl Request<'_> {
+    fn post(
+        &self,
+        client: &reqwest::blocking::Client,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(), PushError> {
+        let mut request = client
+            .post(self.endpoint)
+            .header("Content-Type", "application/proto")
+            .header("Content-Encoding", "gzip")
+            .header(
+                "User-Agent",
+                concat!("leakfinder-profiling/", env!("CARGO_PKG_VERSION")),
+            )
+            .timeout(timeout)
+            .body(body.to_vec());
+        if let Some(tenant) = self.tenant_id {
+            request = request.header("X-Scope-OrgID", tenant);
+        }
+        request = match self.auth {
+            PushAuth::None => request,
+            PushAuth::Basic { user, password } => request.basic_auth(user, Some(password)),
+            PushAuth::Bearer(token) => request.bearer_auth(token),
+        };
+        let response = request
+            .send()
+            .map_err(|error| PushError::Unavailable(error.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+            Err(PushError::Refused(status.as_u16()))
+        } else {
+            Err(PushError::Unavailable(format!("status {status}")))
+        }
     }
 }
 

@@ -2,12 +2,16 @@
 //! detector's per-site series as they arrive; each profile is dropped once folded, so a
 //! service's memory is its series, never its profiles.
 //!
-//! [`Series`] is the pure part (profiles in, findings out); [`scan`] asks Pyroscope for them.
+//! [`Series`] is the pure part (profiles in, findings out); [`Followed`] asks Pyroscope for the
+//! windows of a range that it has not read yet, so watch mode keeps it between periods and reads
+//! only what is new; [`scan`] is one range read afresh.
+
+use std::collections::VecDeque;
 
 use super::client::{Client, GOROUTINE_TYPE, HEAP_TYPE, QueryError};
 use super::plan::{self, Range, Window};
-use leakfinder_detector::profile::{ProfileKind, SnapshotError, snapshot};
-use leakfinder_detector::{Detector, Finding};
+use crate::profile::{ProfileKind, SnapshotError, snapshot};
+use crate::{Detector, Finding};
 use leakfinder_pprof::Profile;
 
 /// Why one service could not be scanned (the others still are).
@@ -46,23 +50,44 @@ fn list(types: &[String]) -> String {
     }
 }
 
-/// A service's per-site series over a range (pure: profiles in, findings out).
+/// The profile kinds, as indices of per-kind arrays.
+const KINDS: [ProfileKind; 2] = [ProfileKind::Heap, ProfileKind::Tasks];
+
+fn slot(kind: ProfileKind) -> usize {
+    match kind {
+        ProfileKind::Heap => 0,
+        ProfileKind::Tasks => 1,
+    }
+}
+
+/// A service's per-site series (pure: profiles in, findings out). Times are kept as seconds
+/// since `epoch`, a fixed instant, so a series goes on from one watch period to the next.
 #[derive(Debug)]
 pub struct Series {
     detector: Detector,
-    range: Range,
-    heap_windows: usize,
-    goroutine_windows: usize,
+    epoch: i64,
+    capacity: usize,
+    /// Per kind, the windows folded that the series still holds (the latest `capacity`).
+    folded: [VecDeque<Window>; 2],
+    /// Per kind, the first window ever folded.
+    first: [Option<Window>; 2],
 }
 
 impl Series {
     /// Empty series over `range`, as long as its windows.
     pub fn new(range: Range) -> Self {
+        Self::with_epoch(range.from, range.windows().len())
+    }
+
+    /// Empty series whose times count from `epoch` (unix ms), holding the latest `capacity`
+    /// profiles of each kind.
+    pub fn with_epoch(epoch: i64, capacity: usize) -> Self {
         Self {
-            detector: Detector::new(range.windows().len()),
-            range,
-            heap_windows: 0,
-            goroutine_windows: 0,
+            detector: Detector::new(capacity),
+            epoch,
+            capacity,
+            folded: Default::default(),
+            first: [None, None],
         }
     }
 
@@ -82,18 +107,39 @@ impl Series {
             at: plan::format_rfc3339(window.start),
             source,
         })?;
-        self.detector
-            .observe(self.range.seconds(window.start), &snapshot);
-        match kind {
-            ProfileKind::Heap => self.heap_windows += 1,
-            ProfileKind::Tasks => self.goroutine_windows += 1,
+        self.detector.observe(self.seconds(window.start), &snapshot);
+        let folded = &mut self.folded[slot(kind)];
+        folded.push_back(window);
+        if folded.len() > self.capacity {
+            folded.pop_front();
         }
+        self.first[slot(kind)].get_or_insert(window);
         Ok(true)
     }
 
-    /// Windows folded: heap, goroutine.
+    /// Windows the series holds: heap, goroutine.
     pub fn windows(&self) -> (usize, usize) {
-        (self.heap_windows, self.goroutine_windows)
+        (self.folded[0].len(), self.folded[1].len())
+    }
+
+    /// The first window of `kind` ever folded.
+    pub fn first_window(&self, kind: ProfileKind) -> Option<Window> {
+        self.first[slot(kind)]
+    }
+
+    /// The latest window of `kind` folded: the one a finding's `retained` comes from.
+    pub fn last_window(&self, kind: ProfileKind) -> Option<Window> {
+        self.folded[slot(kind)].back().copied()
+    }
+
+    /// Seconds from the epoch to `at` (ms): the time axis of the analysis.
+    pub fn seconds(&self, at: i64) -> f64 {
+        (at - self.epoch) as f64 / 1000.0
+    }
+
+    /// Unix ms of `seconds` on the time axis.
+    pub fn at(&self, seconds: f64) -> i64 {
+        self.epoch + (seconds * 1000.0).round() as i64
     }
 
     /// The leaking sites, fastest first.
@@ -109,6 +155,79 @@ fn kind_name(kind: ProfileKind) -> &'static str {
     }
 }
 
+fn type_id(kind: ProfileKind) -> &'static str {
+    match kind {
+        ProfileKind::Heap => HEAP_TYPE,
+        ProfileKind::Tasks => GOROUTINE_TYPE,
+    }
+}
+
+/// A service followed over time: its series, and per kind the start of the first window not
+/// read yet.
+#[derive(Debug)]
+pub struct Followed {
+    series: Series,
+    /// Per kind: every window before this one has been read (unix ms).
+    next: [Option<i64>; 2],
+}
+
+impl Followed {
+    /// A service not read yet: its series count time from `epoch` and hold `capacity` profiles
+    /// of each kind (the windows of a range).
+    pub fn new(epoch: i64, capacity: usize) -> Self {
+        Self {
+            series: Series::with_epoch(epoch, capacity),
+            next: [None, None],
+        }
+    }
+
+    /// Its series.
+    pub fn series(&self) -> &Series {
+        &self.series
+    }
+
+    /// Reads the windows of `range` not read yet: which profile types the service has, then its
+    /// heap and goroutine profiles, one window at a time. A window that comes back empty after
+    /// the last one with data is read again next time (its push may not have landed yet).
+    pub fn update(
+        &mut self,
+        client: &Client,
+        service: &str,
+        range: &Range,
+    ) -> Result<(), ServiceError> {
+        let selector = plan::selector(service);
+        let types = client.label_values(
+            "__profile_type__",
+            std::slice::from_ref(&selector),
+            range.from,
+            range.to,
+        )?;
+        if !types.iter().any(|t| t == HEAP_TYPE) {
+            return Err(ServiceError::NoHeap { types });
+        }
+        let goroutines = types.iter().any(|t| t == GOROUTINE_TYPE);
+        for window in range.windows() {
+            for kind in KINDS {
+                if kind == ProfileKind::Tasks && !goroutines {
+                    continue;
+                }
+                if self.next[slot(kind)].is_some_and(|next| window.start < next) {
+                    continue;
+                }
+                let profile =
+                    client.merge_profile(type_id(kind), &selector, window.start, window.end)?;
+                if self.series.fold(window, kind, &profile)? {
+                    self.next[slot(kind)] = Some(window.end);
+                }
+            }
+        }
+        if self.series.windows().0 == 0 {
+            return Err(ServiceError::NoHeapData);
+        }
+        Ok(())
+    }
+}
+
 /// What scanning one service found.
 #[derive(Debug)]
 pub struct Scanned {
@@ -120,37 +239,14 @@ pub struct Scanned {
     pub goroutine_windows: usize,
 }
 
-/// Scans one service: which profile types it has, then its heap and goroutine profiles, one
-/// window at a time.
+/// Scans one service over the whole `range`: which profile types it has, then its heap and
+/// goroutine profiles, one window at a time.
 pub fn scan(client: &Client, service: &str, range: &Range) -> Result<Scanned, ServiceError> {
-    let selector = plan::selector(service);
-    let types = client.label_values(
-        "__profile_type__",
-        std::slice::from_ref(&selector),
-        range.from,
-        range.to,
-    )?;
-    if !types.iter().any(|t| t == HEAP_TYPE) {
-        return Err(ServiceError::NoHeap { types });
-    }
-    let goroutines = types.iter().any(|t| t == GOROUTINE_TYPE);
-    let mut series = Series::new(range.clone());
-    for window in range.windows() {
-        let heap = client.merge_profile(HEAP_TYPE, &selector, window.start, window.end)?;
-        series.fold(window, ProfileKind::Heap, &heap)?;
-        drop(heap);
-        if goroutines {
-            let tasks =
-                client.merge_profile(GOROUTINE_TYPE, &selector, window.start, window.end)?;
-            series.fold(window, ProfileKind::Tasks, &tasks)?;
-        }
-    }
-    let (heap_windows, goroutine_windows) = series.windows();
-    if heap_windows == 0 {
-        return Err(ServiceError::NoHeapData);
-    }
+    let mut followed = Followed::new(range.from, range.windows().len());
+    followed.update(client, service, range)?;
+    let (heap_windows, goroutine_windows) = followed.series.windows();
     Ok(Scanned {
-        findings: series.findings(),
+        findings: followed.series.findings(),
         heap_windows,
         goroutine_windows,
     })
@@ -233,9 +329,10 @@ mod tests {
     /// A real merged heap profile: checkout's last window, as Pyroscope sent it.
     fn recorded() -> Vec<u8> {
         use std::io::Read;
+        // The workspace's fixtures, two levels up from this crate.
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pyroscope/merge_profile/checkout/memory_inuse_space_bytes_space_bytes/1796136458000.pb.gz"
+            "/../../tests/fixtures/pyroscope/merge_profile/checkout/memory_inuse_space_bytes_space_bytes/1796136458000.pb.gz"
         );
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(std::fs::read(path).unwrap().as_slice())

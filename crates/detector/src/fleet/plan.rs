@@ -96,6 +96,22 @@ impl Range {
         Self::new(now_ms.saturating_sub(since_ms), now_ms, window)
     }
 
+    /// The range of the last `since` (in whole windows) ending at the last window boundary at or
+    /// before `now`, on the grid of windows through `phase`: watch mode's periods then cut time
+    /// into the same windows, and a period reads only those new since the last.
+    pub fn since_on_grid(
+        now_ms: i64,
+        since: Duration,
+        window: Duration,
+        phase: i64,
+    ) -> Result<Self, PlanError> {
+        let step = window_ms(window);
+        let since_ms = i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
+        let to = phase + (now_ms - phase).div_euclid(step) * step;
+        let from = to.saturating_sub(since_ms / step * step);
+        Self::new(from, to, window)
+    }
+
     /// The windows, oldest first.
     pub fn windows(&self) -> Vec<Window> {
         let step = window_ms(self.window);
@@ -352,6 +368,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!((since.from, since.windows().len()), (S, 120));
+    }
+
+    #[test]
+    fn watch_periods_share_the_first_periods_window_grid() {
+        let window = Duration::from_secs(15);
+        let since = Duration::from_secs(600);
+        let first = Range::since(S + 600_000, since, window).unwrap();
+        assert_eq!((first.from, first.windows().len()), (S, 40));
+        // 5 minutes and 4 s later: the range ends at the last boundary of the same grid.
+        let later = Range::since_on_grid(S + 900_000 + 4_000, since, window, first.from).unwrap();
+        assert_eq!((later.from, later.to), (S + 300_000, S + 900_000));
+        assert_eq!(later.windows().len(), 40);
+        let shared: Vec<Window> = first
+            .windows()
+            .into_iter()
+            .filter(|w| later.windows().contains(w))
+            .collect();
+        assert_eq!(
+            shared.len(),
+            20,
+            "half of the windows were read last period"
+        );
+        // On the grid already: the same as `since`.
+        assert_eq!(
+            Range::since_on_grid(S + 600_000, since, window, S).unwrap(),
+            first
+        );
     }
 
     #[test]

@@ -6,19 +6,28 @@
 use std::fmt::Write as _;
 
 use super::client::{GOROUTINE_TYPE, HEAP_TYPE};
-use super::plan::{self, Range};
-use leakfinder_detector::Finding;
-use leakfinder_detector::scan::human;
+use super::plan;
+use super::service::Series;
+use crate::Finding;
+use crate::profile::ProfileKind;
+use crate::scan::{amount, human};
 
 /// A leak as the fleet report shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Located {
-    /// The finding, as `scan` reports it (its `first_seen_seconds` count from the range's start).
+    /// The finding, as `scan` reports it (its `first_seen_seconds` count from the start of the
+    /// first range read: the range's start, or a watch's first period's).
     #[serde(flatten)]
     pub finding: Finding,
-    /// When the site was first seen leaking: the start of its first window, RFC 3339.
+    /// When the site was first seen: the start of its first window, RFC 3339; or, when it was
+    /// there already in the first window read (it began before the range), `before` that
+    /// window's start.
     pub since: String,
-    /// A `profilecli` command that shows the site in Pyroscope, from then to the range's end.
+    /// Whether the site was there already in the first window read: its leak began before the
+    /// range, and `since` is not its onset.
+    pub began_before_range: bool,
+    /// A `profilecli` command that shows the site in Pyroscope over one window, the latest (what
+    /// `retained` was read from): a longer range would sum the window's snapshots.
     pub query: String,
 }
 
@@ -97,33 +106,47 @@ impl FleetReport {
     }
 }
 
-/// Places a finding in time and gives the query that shows it.
+/// Places a finding of `series` in time and gives the query that shows it.
 pub fn locate(
     finding: Finding,
     service: &str,
-    range: &Range,
+    series: &Series,
     base: &str,
     tenant: Option<&str>,
 ) -> Located {
-    let since_ms = range.from + (finding.first_seen_seconds * 1000.0).round() as i64;
-    let profile_type = if finding.unit == "bytes" {
-        HEAP_TYPE
+    let (kind, profile_type) = if finding.unit == "bytes" {
+        (ProfileKind::Heap, HEAP_TYPE)
     } else {
-        GOROUTINE_TYPE
+        (ProfileKind::Tasks, GOROUTINE_TYPE)
     };
+    let since_ms = series.at(finding.first_seen_seconds);
+    // Seen in the first window read: it was there before, and when it began is not known.
+    let began_before_range = series
+        .first_window(kind)
+        .is_none_or(|first| since_ms <= first.start);
+    let since = if began_before_range {
+        format!("before {}", plan::format_rfc3339(since_ms))
+    } else {
+        plan::format_rfc3339(since_ms)
+    };
+    // The latest window: where `retained` was read. A finding always has one.
+    let (from, to) = series
+        .last_window(kind)
+        .map_or((since_ms, since_ms), |window| (window.start, window.end));
     let mut query = format!(
         "profilecli query profile --url {} --profile-type {profile_type} --query {} --from {} --to {}",
         shell_quote(base),
         shell_quote(&plan::selector(service)),
-        plan::format_rfc3339(since_ms),
-        plan::format_rfc3339(range.to),
+        plan::format_rfc3339(from),
+        plan::format_rfc3339(to),
     );
     if let Some(tenant) = tenant {
         let _ = write!(query, " --tenant-id {}", shell_quote(tenant));
     }
     Located {
         finding,
-        since: plan::format_rfc3339(since_ms),
+        since,
+        began_before_range,
         query,
     }
 }
@@ -187,6 +210,7 @@ pub fn render(report: &FleetReport) -> String {
                 finding,
                 since,
                 query,
+                ..
             },
         ) in service.findings.iter().enumerate()
         {
@@ -199,7 +223,7 @@ pub fn render(report: &FleetReport) -> String {
                 finding.function,
                 finding.file,
                 finding.line,
-                human(finding.retained, &finding.unit),
+                amount(finding.retained, &finding.unit),
                 finding.confidence,
             );
             if let Some(task_leak) = &finding.attributed_to {
@@ -217,10 +241,34 @@ pub fn render(report: &FleetReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use leakfinder_detector::Evidence;
+    use crate::Evidence;
+    use crate::fleet::plan::Range;
+    use leakfinder_pprof::{Frame, ProfileBuilder, StackEntry};
     use std::time::Duration;
 
     const S: i64 = 1_796_136_113_000;
+
+    /// A series over the 6 minutes from `S` with a heap and a goroutine profile in each window.
+    fn series() -> Series {
+        let range = Range::new(S, S + 360_000, Duration::from_secs(15)).unwrap();
+        let mut series = Series::new(range.clone());
+        for window in range.windows() {
+            for (kind, sample_type) in [
+                (ProfileKind::Heap, ("inuse_space", "bytes")),
+                (ProfileKind::Tasks, ("goroutine", "count")),
+            ] {
+                let mut builder = ProfileBuilder::new(&[sample_type], sample_type, 1);
+                let entry = StackEntry {
+                    address: 1,
+                    frames: vec![Frame::new("main.flat", "main.go", 7)].into(),
+                    skip: 0,
+                };
+                builder.add_sample(&[entry], vec![100], &[]);
+                assert!(series.fold(window, kind, &builder.build()).unwrap());
+            }
+        }
+        series
+    }
 
     fn finding(function: &str, unit: &str, rate: f64, first_seen: f64) -> Finding {
         Finding {
@@ -263,27 +311,84 @@ mod tests {
     }
 
     #[test]
-    fn a_finding_is_placed_in_time_with_a_query_that_can_be_pasted() {
-        let range = Range::new(S, S + 360_000, Duration::from_secs(15)).unwrap();
+    fn a_finding_is_placed_in_time_with_a_query_over_its_latest_window() {
         let located = locate(
             finding("main.leakyFanout", "tasks", 2.0, 45.0),
             "orders-go",
-            &range,
+            &series(),
             "http://127.0.0.1:4040",
             Some("team a"),
         );
         assert_eq!(located.since, "2026-12-01T14:42:38Z");
+        assert!(!located.began_before_range);
+        // One window, the last: a longer range would sum its snapshots.
         assert_eq!(
             located.query,
-            "profilecli query profile --url http://127.0.0.1:4040 --profile-type goroutine:goroutine:count:goroutine:count --query '{service_name=\"orders-go\"}' --from 2026-12-01T14:42:38Z --to 2026-12-01T14:47:53Z --tenant-id 'team a'"
+            "profilecli query profile --url http://127.0.0.1:4040 --profile-type goroutine:goroutine:count:goroutine:count --query '{service_name=\"orders-go\"}' --from 2026-12-01T14:47:38Z --to 2026-12-01T14:47:53Z --tenant-id 'team a'"
         );
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
 
     #[test]
+    fn a_leak_there_from_the_first_window_is_said_to_predate_the_range_not_to_start_with_it() {
+        let located = locate(
+            finding("main.cache", "bytes", 2.0, 0.0),
+            "orders-go",
+            &series(),
+            "http://p",
+            None,
+        );
+        assert_eq!(located.since, "before 2026-12-01T14:41:53Z");
+        assert!(located.began_before_range);
+        assert!(
+            located
+                .query
+                .ends_with("--from 2026-12-01T14:47:38Z --to 2026-12-01T14:47:53Z"),
+            "{}",
+            located.query
+        );
+        let report = FleetReport {
+            pyroscope: "http://p".into(),
+            from: String::new(),
+            to: String::new(),
+            window_seconds: 15.0,
+            listed: 1,
+            services: vec![service("orders-go", vec![located], None)],
+            queries: 1,
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("at main.go:37, since before 2026-12-01T14:41:53Z, retained"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn task_counts_print_as_whole_numbers() {
+        let mut tasks = finding("main.subscribe", "tasks", 10.0, 15.0);
+        tasks.retained = 8180.0;
+        let report = FleetReport {
+            pyroscope: "http://p".into(),
+            from: String::new(),
+            to: String::new(),
+            window_seconds: 15.0,
+            listed: 1,
+            services: vec![service(
+                "notify-go",
+                vec![locate(tasks, "notify-go", &series(), "http://p", None)],
+                None,
+            )],
+            queries: 1,
+        };
+        let text = render(&report);
+        assert!(text.contains("10.0 tasks/s in main.subscribe"), "{text}");
+        assert!(text.contains(", retained 8180 tasks, "), "{text}");
+    }
+
+    #[test]
     fn services_rank_by_their_fastest_heap_leak_then_tasks_and_errors_come_last() {
-        let range = Range::new(S, S + 360_000, Duration::from_secs(15)).unwrap();
-        let at = |f| locate(f, "x", &range, "http://p", None);
+        let series = series();
+        let at = |f| locate(f, "x", &series, "http://p", None);
         let mut report = FleetReport {
             pyroscope: "http://p".into(),
             from: String::new(),
@@ -307,7 +412,7 @@ mod tests {
         assert!(text.contains("fast: 1 leak(s)"), "{text}");
         assert!(
             text.contains(
-                "  1. heap leak: 976.6 KiB/s in f\n     at main.go:37, since 2026-12-01T14:41:53Z"
+                "  1. heap leak: 976.6 KiB/s in f\n     at main.go:37, since before 2026-12-01T14:41:53Z"
             ),
             "{text}"
         );
