@@ -242,17 +242,18 @@ pub fn scan_fleet(
     args: &FleetArgs,
     range: &Range,
 ) -> Result<FleetReport, FleetError> {
-    scan_range(client, args, range, &mut BTreeMap::new())
+    scan_range(client, args, range, None)
 }
 
-/// [`scan_fleet`] that goes on from `followed`, each service's state of earlier periods: only
-/// windows not read yet are asked for. Afterwards `followed` holds the state of every service
-/// scanned without error (a service that failed starts afresh next time).
+/// [`scan_fleet`] that, given `followed` (each service's state of earlier periods), asks only
+/// for windows not read yet and leaves there the state of every service scanned without error (a
+/// service that failed starts afresh next time). Without it, each service's series is dropped
+/// as soon as it is scanned.
 pub fn scan_range(
     client: &Client,
     args: &FleetArgs,
     range: &Range,
-    followed: &mut BTreeMap<String, Followed>,
+    mut followed: Option<&mut BTreeMap<String, Followed>>,
 ) -> Result<FleetReport, FleetError> {
     let queries_before = client.queries();
     let listed = client
@@ -270,20 +271,22 @@ pub fn scan_range(
         });
     }
     // Services no longer listed are forgotten; new ones start with an empty series.
-    let capacity = range.windows().len();
-    let mut kept = std::mem::take(followed);
-    let work: Vec<(String, Followed)> = services
+    let keep = followed.is_some();
+    let mut kept = followed
+        .as_deref_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let work: Vec<(String, Option<Followed>)> = services
         .into_iter()
         .map(|service| {
-            let state = kept
-                .remove(&service)
-                .unwrap_or_else(|| Followed::new(range.from, capacity));
+            let state = kept.remove(&service);
             (service, state)
         })
         .collect();
+    let workers = usize::from(args.concurrency);
     let mut reports = Vec::with_capacity(work.len());
-    for (report, state) in scan_services(client, work, range, usize::from(args.concurrency)) {
-        if let Some(state) = state {
+    for (report, state) in scan_services(client, work, range, workers, keep) {
+        if let (Some(followed), Some(state)) = (followed.as_deref_mut(), state) {
             followed.insert(report.service.clone(), state);
         }
         reports.push(report);
@@ -301,15 +304,18 @@ pub fn scan_range(
     Ok(report)
 }
 
-/// Scans `services` (each with its state) on `workers` threads, each taking the next service
-/// when done with one. Returns each service's report and its state (`None` when it failed).
+/// Scans `services` (each with its state of earlier periods, if any) on `workers` threads, each
+/// taking the next service when done with one. Returns each service's report and, with `keep`,
+/// its state (`None` when it failed).
 pub fn scan_services(
     client: &Client,
-    services: Vec<(String, Followed)>,
+    services: Vec<(String, Option<Followed>)>,
     range: &Range,
     workers: usize,
+    keep: bool,
 ) -> Vec<(ServiceReport, Option<Followed>)> {
     let workers = workers.clamp(1, services.len().max(1));
+    let capacity = range.windows().len();
     let queue = Mutex::new(services.into_iter());
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
@@ -325,10 +331,11 @@ pub fn scan_services(
                     let Some((service, state)) = next else {
                         return;
                     };
-                    if sender
-                        .send(scan_one(client, service, state, range))
-                        .is_err()
-                    {
+                    let state = state.unwrap_or_else(|| Followed::new(range.from, capacity));
+                    let (report, state) = scan_one(client, service, state, range);
+                    // Dropped here, not held to the end, when nothing follows.
+                    let state = state.filter(|_| keep);
+                    if sender.send((report, state)).is_err() {
                         return;
                     }
                 }

@@ -139,7 +139,7 @@ impl Watch {
             Some(phase) => args.range_on_grid(now_ms, phase)?,
         };
         self.phase.get_or_insert(range.from);
-        scan_range(client, args, &range, &mut self.followed)
+        scan_range(client, args, &range, Some(&mut self.followed))
     }
 
     /// Services followed now.
