@@ -184,7 +184,7 @@ pub enum Command {
     /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
     /// nothing, 1: leaks found, 2: error). With --every, runs for ever and exports OTLP metrics.
     /// The detector crate's `leakfinder fleet`, here too.
-    Fleet(leakfinder_detector::fleet::FleetArgs),
+    Fleet(Box<leakfinder_detector::fleet::FleetArgs>),
     /// Writes the symbol table of an executable beside it (`<executable>.symbols`), so the
     /// service symbolises profiles without reading debug info. Run it after each build.
     Symbols(SymbolsArgs),

@@ -769,12 +769,15 @@ fn stamps(taken: &[Received], kind: &str) -> Vec<i64> {
     stamps
 }
 
+/// Credentials as environment, the `Authorization` they make, the secret in them, and their kind.
+type Credentials<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+
 /// With `PYROSCOPE_TENANT_ID` and basic auth or a token (the variables Pyroscope's Java agent
 /// reads), every push carries `X-Scope-OrgID` and `Authorization`; the start-up log says which
 /// kind of credentials, and no log line shows the password or token.
 #[tokio::test]
 async fn pushes_carry_the_tenant_and_credentials_and_no_log_shows_a_secret() {
-    let cases: [(&[(&str, &str)], &str, &str, &str); 2] = [
+    let cases: [Credentials; 2] = [
         (
             &[
                 ("PYROSCOPE_BASIC_AUTH_USER", "pusher"),

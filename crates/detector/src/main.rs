@@ -25,7 +25,7 @@ enum Command {
     /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
     /// nothing, 1: leaks found, 2: error). With --every, runs until SIGTERM and exports OTLP
     /// metrics.
-    Fleet(FleetArgs),
+    Fleet(Box<FleetArgs>),
 }
 
 fn main() -> ExitCode {

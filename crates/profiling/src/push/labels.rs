@@ -16,6 +16,9 @@ use leakfinder_pprof::{Label, Profile, Sample};
 /// The label whose numeric value becomes a coarse string.
 pub const AGE: &str = "age";
 
+/// What makes two samples alike: their stack (location ids) and labels (key, string value).
+type SampleKey = (Vec<u64>, Vec<(i64, i64)>);
+
 /// The coarse age of `seconds`, as the pushed `age` label says it.
 pub fn age_bucket(seconds: f64) -> &'static str {
     if seconds < 60.0 {
@@ -45,7 +48,7 @@ pub fn for_pyroscope(mut profile: Profile) -> Profile {
     let age = strings.find(AGE);
     let samples = std::mem::take(&mut profile.sample);
     let mut merged: Vec<Sample> = Vec::with_capacity(samples.len());
-    let mut index: HashMap<(Vec<u64>, Vec<(i64, i64)>), usize> = HashMap::new();
+    let mut index: HashMap<SampleKey, usize> = HashMap::new();
     for mut sample in samples {
         let labels = std::mem::take(&mut sample.label);
         for label in labels {
