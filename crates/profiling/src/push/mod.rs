@@ -494,6 +494,8 @@ impl Pusher {
         self.collect_cpu(true);
         let now = Instant::now();
         // Sooner, they would land in the window of the latest snapshots and read double there.
+        // (Allocation deltas since the latest push, when the heap profile has them, could still
+        // go out here with zero in-use values: the alloc-delta push's business.)
         if self
             .last_snapshot
             .is_none_or(|last| now.duration_since(last) >= self.heap_every)
@@ -747,6 +749,54 @@ mod tests {
             profile_type: HEAP_PROFILE,
             body: vec![0; bytes],
         }
+    }
+
+    #[test]
+    fn credentials_are_basic_or_a_token_and_debug_never_shows_them() {
+        assert_eq!(PushAuth::from_parts(None, None, None), Ok(PushAuth::None));
+        assert_eq!(
+            PushAuth::from_parts(Some(""), Some(""), Some("")),
+            Ok(PushAuth::None),
+            "empty counts as unset"
+        );
+        let basic = PushAuth::from_parts(Some("me"), Some("pw-s3cret"), None).unwrap();
+        assert_eq!(basic.kind(), "basic");
+        let token = PushAuth::from_parts(None, None, Some("t0k-s3cret")).unwrap();
+        assert_eq!(token, PushAuth::Bearer("t0k-s3cret".into()));
+        let mut settings = PushSettings::new("http://p:4040/", "svc");
+        settings.auth = basic;
+        let shown = format!("{settings:?} {token:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("<hidden>"),
+            "{shown}"
+        );
+        assert_eq!(
+            PushAuth::from_parts(Some("me"), None, None),
+            Err(AuthError::HalfBasic)
+        );
+        assert_eq!(
+            PushAuth::from_parts(None, Some("pw"), None),
+            Err(AuthError::HalfBasic)
+        );
+        assert_eq!(
+            PushAuth::from_parts(Some("me"), Some("pw"), Some("t")),
+            Err(AuthError::Both)
+        );
+        let check = settings.auth.what_to_check();
+        assert!(
+            check.contains(BASIC_AUTH_USER_ENV) && !check.contains("s3cret"),
+            "{check}"
+        );
+    }
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(
+            redacted("https://user:s3cret@pyroscope.example:443/tenant"),
+            "https://pyroscope.example:443/tenant"
+        );
+        assert_eq!(redacted("http://pyroscope:4040"), "http://pyroscope:4040");
+        assert_eq!(redacted("pyroscope:4040"), "pyroscope:4040");
     }
 
     #[test]
