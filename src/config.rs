@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use leakfinder_profiling::push::{AuthError, PushAuth};
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -86,7 +87,7 @@ pub struct Config {
     )]
     pub pyroscope_cpu_interval_secs: u64,
 
-    /// Seconds between two heap profile pushes.
+    /// Seconds between two heap (and task) profile pushes.
     #[arg(
         long,
         env = "PYROSCOPE_HEAP_INTERVAL_SECS",
@@ -94,6 +95,22 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=3600),
     )]
     pub pyroscope_heap_interval_secs: u64,
+
+    /// The tenant profiles are pushed as (`X-Scope-OrgID`), for a multi-tenant Pyroscope.
+    #[arg(long, env = "PYROSCOPE_TENANT_ID")]
+    pub pyroscope_tenant_id: Option<String>,
+
+    /// The user of basic auth for the profile push (with its password).
+    #[arg(long, env = "PYROSCOPE_BASIC_AUTH_USER")]
+    pub pyroscope_basic_auth_user: Option<String>,
+
+    /// The password of basic auth for the profile push.
+    #[arg(long, env = "PYROSCOPE_BASIC_AUTH_PASSWORD", hide_env_values = true)]
+    pub pyroscope_basic_auth_password: Option<Secret>,
+
+    /// A bearer token for the profile push (instead of basic auth).
+    #[arg(long, env = "PYROSCOPE_AUTH_TOKEN", hide_env_values = true)]
+    pub pyroscope_auth_token: Option<Secret>,
 
     /// OTLP base endpoint (`/v1/metrics` is appended), e.g. `http://prometheus:9090/api/v1/otlp`.
     /// Metric export is off when neither this nor the metrics endpoint is set.
@@ -131,6 +148,31 @@ pub struct Config {
     pub leak_report_interval_ms: u64,
 }
 
+/// A value that must never reach a log: its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, to send where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
 /// Commands besides serving (the default).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
@@ -141,7 +183,8 @@ pub enum Command {
     Scan(leakfinder_detector::scan::ScanArgs),
     /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
     /// nothing, 1: leaks found, 2: error). With --every, runs for ever and exports OTLP metrics.
-    Fleet(crate::fleet::FleetArgs),
+    /// The detector crate's `leakfinder fleet`, here too.
+    Fleet(Box<leakfinder_detector::fleet::FleetArgs>),
     /// Writes the symbol table of an executable beside it (`<executable>.symbols`), so the
     /// service symbolises profiles without reading debug info. Run it after each build.
     Symbols(SymbolsArgs),
@@ -194,6 +237,23 @@ impl Config {
     /// Where profiles go, if anywhere (an empty value counts as unset).
     pub fn pyroscope_url(&self) -> Option<&str> {
         non_empty(&self.pyroscope_server_address).map(|url| url.trim_end_matches('/'))
+    }
+
+    /// The profile push's credentials, checked: basic auth (both halves) or a token, not both.
+    pub fn pyroscope_auth(&self) -> Result<PushAuth, ConfigError> {
+        PushAuth::from_parts(
+            self.pyroscope_basic_auth_user.as_deref(),
+            self.pyroscope_basic_auth_password
+                .as_ref()
+                .map(Secret::expose),
+            self.pyroscope_auth_token.as_ref().map(Secret::expose),
+        )
+        .map_err(ConfigError::PyroscopeAuth)
+    }
+
+    /// The profile push's tenant, if set and not empty.
+    pub fn pyroscope_tenant(&self) -> Option<String> {
+        non_empty(&self.pyroscope_tenant_id).map(str::to_owned)
     }
 }
 
@@ -252,6 +312,9 @@ pub enum ConfigError {
     /// The chunk size does not fit this platform's address space.
     #[error("--leak-chunk-bytes does not fit in this platform's usize")]
     TooLargeForPlatform,
+    /// The push's credentials do not fit together.
+    #[error("{0}")]
+    PyroscopeAuth(#[source] AuthError),
 }
 
 #[cfg(test)]
@@ -341,6 +404,45 @@ mod tests {
         );
         let pyroscope = parse(&["--pyroscope-server-address", "http://pyro:4040/"]).unwrap();
         assert_eq!(pyroscope.pyroscope_url(), Some("http://pyro:4040"));
+    }
+
+    #[test]
+    fn push_credentials_are_basic_or_a_token_and_never_shown_in_debug() {
+        let basic = parse(&[
+            "--pyroscope-basic-auth-user",
+            "me",
+            "--pyroscope-basic-auth-password",
+            "pw-s3cret",
+            "--pyroscope-tenant-id",
+            "team-a",
+        ])
+        .unwrap();
+        assert_eq!(
+            basic.pyroscope_auth(),
+            Ok(PushAuth::Basic {
+                user: "me".into(),
+                password: "pw-s3cret".into()
+            })
+        );
+        assert_eq!(basic.pyroscope_tenant().as_deref(), Some("team-a"));
+        let shown = format!("{basic:?} {:?}", basic.pyroscope_auth());
+        assert!(!shown.contains("pw-s3cret"), "{shown}");
+        let token = parse(&["--pyroscope-auth-token", "t0k"]).unwrap();
+        assert_eq!(token.pyroscope_auth(), Ok(PushAuth::Bearer("t0k".into())));
+        assert!(!format!("{token:?}").contains("t0k"));
+        assert_eq!(parse(&[]).unwrap().pyroscope_auth(), Ok(PushAuth::None));
+        let half = parse(&["--pyroscope-basic-auth-user", "me"]).unwrap();
+        assert!(half.pyroscope_auth().is_err());
+        let both = parse(&[
+            "--pyroscope-basic-auth-user",
+            "me",
+            "--pyroscope-basic-auth-password",
+            "pw",
+            "--pyroscope-auth-token",
+            "t0k",
+        ])
+        .unwrap();
+        assert!(both.pyroscope_auth().is_err());
     }
 
     #[test]

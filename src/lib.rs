@@ -13,7 +13,6 @@
 //! - [`config`] — the typed command-line and environment configuration.
 //! - [`app`] — binding, the shared [`app::AppState`], serving until shutdown.
 //! - [`api`] — the OpenAPI operations, the spec, Swagger UI and JSON errors.
-//! - [`fleet`] — `leakfinder-lab fleet`: the detector's analysis over every service in Pyroscope.
 //! - [`healthcheck`] — the container health probe.
 //! - [`leaks`] — the three leaks beside their globals, the safe counterpart, and the controller.
 //! - [`process`] — RSS and jemalloc counters, and returning freed memory to the OS.
@@ -24,7 +23,6 @@
 pub mod api;
 pub mod app;
 pub mod config;
-pub mod fleet;
 pub mod healthcheck;
 pub mod leaks;
 pub mod process;

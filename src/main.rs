@@ -36,11 +36,11 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Scan(args)) => return leakfinder_detector::scan::run(args),
-        Some(Command::Fleet(args)) => return leakfinder::fleet::run(args, &config),
+        Some(Command::Fleet(args)) => return leakfinder_detector::fleet::run(args),
         Some(Command::Symbols(args)) => return leakfinder::symbols::run(args),
         None => {}
     }
-    if let Err(error) = config.leak_settings() {
+    if let Err(error) = config.leak_settings().and(config.pyroscope_auth()) {
         Config::command()
             .error(clap::error::ErrorKind::ArgumentConflict, error)
             .exit();

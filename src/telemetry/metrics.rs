@@ -70,7 +70,7 @@ impl MetricsExport {
 }
 
 /// A meter provider exporting every `interval` to `url` over OTLP/HTTP, cumulative, with
-/// `service.name` set: the service's own metrics and `leakfinder fleet --every` both use it.
+/// `service.name` set.
 pub fn meter_provider(
     url: &str,
     protocol: OtlpProtocol,

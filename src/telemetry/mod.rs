@@ -43,6 +43,8 @@ impl TelemetryGuard {
                     service_version: env!("CARGO_PKG_VERSION").to_owned(),
                     cpu_every: Duration::from_secs(config.pyroscope_cpu_interval_secs),
                     heap_every: Duration::from_secs(config.pyroscope_heap_interval_secs),
+                    tenant_id: config.pyroscope_tenant(),
+                    auth: config.pyroscope_auth()?,
                 };
                 let stats = Arc::clone(&state.profile_push);
                 Some(

@@ -60,3 +60,32 @@ fn an_address_in_use_is_a_clear_failure() {
         "{stderr}"
     );
 }
+
+/// Secrets given by environment never show in `--help` (clap prints other variables' values),
+/// and half a basic auth stops start-up.
+#[test]
+fn push_secrets_stay_out_of_help_and_half_a_basic_auth_is_refused() {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("PYROSCOPE_BASIC_AUTH_USER", "pusher")
+        .env("PYROSCOPE_BASIC_AUTH_PASSWORD", "pw-s3cret")
+        .env("PYROSCOPE_AUTH_TOKEN", "t0ken-s3cret")
+        .env("PYROSCOPE_TENANT_ID", "team-a")
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("PYROSCOPE_BASIC_AUTH_PASSWORD"), "{help}");
+    assert!(help.contains("PYROSCOPE_AUTH_TOKEN"), "{help}");
+    assert!(help.contains("team-a"), "the tenant is no secret: {help}");
+    assert!(
+        !help.contains("pw-s3cret") && !help.contains("t0ken-s3cret"),
+        "{help}"
+    );
+    let (code, stderr) = start_with(&[], &[("PYROSCOPE_BASIC_AUTH_USER", "pusher")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("PYROSCOPE_BASIC_AUTH_USER and PYROSCOPE_BASIC_AUTH_PASSWORD go together"),
+        "{stderr}"
+    );
+}

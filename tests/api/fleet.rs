@@ -1,13 +1,13 @@
-//! `leakfinder fleet`, end to end: the real binary against a replay of a real Pyroscope 2.2 that
-//! answers only what was recorded (`tests/fixtures/pyroscope`, ground truth in its
-//! `ground_truth.json`).
+//! `leakfinder fleet`, end to end: the real binary against a replay of a real Pyroscope that
+//! answers only what was recorded (`tests/fixtures/pyroscope` and `tests/fixtures/pyroscope-held`,
+//! ground truth in their `ground_truth.json`).
 
 use std::process::Command;
 
 use serde_json::Value;
 
 use crate::helpers::BINARY;
-use crate::replay::{E, Options, Replay, S};
+use crate::replay::{E, Options, Recording, Replay, S};
 
 /// What a fleet run printed and how it exited.
 pub struct Run {
@@ -25,10 +25,16 @@ impl Run {
 
 /// Runs `leakfinder fleet --pyroscope URL ARGS...` over the recorded span.
 pub fn fleet(url: &str, args: &[&str]) -> Run {
+    fleet_over(Recording::Growing, url, args)
+}
+
+/// Runs `leakfinder fleet --pyroscope URL ARGS...` over `recording`'s span.
+pub fn fleet_over(recording: Recording, url: &str, args: &[&str]) -> Run {
+    let (from, to) = recording.span();
     let output = Command::new(BINARY)
         .env_clear()
         .args(["fleet", "--pyroscope", url])
-        .args(["--from", &S.to_string(), "--to", &E.to_string()])
+        .args(["--from", &from.to_string(), "--to", &to.to_string()])
         .args(args)
         .output()
         .unwrap();
@@ -96,11 +102,13 @@ fn fleet_finds_the_recorded_leaks_with_their_functions_and_nothing_else() {
         ["2026-12-01T14:42:38Z", "2026-12-01T14:42:53Z"].contains(&since),
         "{since}"
     );
-    assert!(
-        slice["query"].as_str().unwrap().starts_with(&format!(
-            "profilecli query profile --url {} --profile-type memory:inuse_space:bytes:space:bytes --query '{{service_name=\"checkout\"}}' --from {since}",
+    // The query covers one window, the last (issue 21, item 4): a longer range sums snapshots.
+    assert_eq!(
+        slice["query"].as_str().unwrap(),
+        format!(
+            "profilecli query profile --url {} --profile-type memory:inuse_space:bytes:space:bytes --query '{{service_name=\"checkout\"}}' --from 2026-12-01T14:47:38Z --to 2026-12-01T14:47:53Z",
             replay.url
-        )),
+        ),
         "{slice}"
     );
 
@@ -432,4 +440,168 @@ fn the_readmes_fixed_range_command_runs_as_written() {
         Some(if leaking { 1 } else { 0 }),
         "{report}"
     );
+}
+
+/// The held recording's goroutine leak, `main.subscribe` (+10 goroutines/s), with nothing
+/// reported for the healthy `auth` nor for notify-go's benign `main.renderPage` (churn) and
+/// `main.warmIndex` (a table built once), over the span as recorded.
+#[test]
+fn fleet_finds_the_held_recordings_goroutine_leak_and_no_benign_site() {
+    let replay = Replay::start(Options {
+        recording: Recording::Held,
+        ..Options::default()
+    });
+    let run = fleet_over(Recording::Held, &replay.url, &["--json"]);
+    assert_eq!(replay.unrecorded(), Vec::<String>::new(), "{}", run.stderr);
+    assert_eq!(run.code, 1, "leaks found: {}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["listed"], 3);
+    let notify = findings(&report, "notify-go");
+    assert!(
+        notify.contains(&(
+            "goroutines".into(),
+            "main.subscribe".into(),
+            "/src/notify-go/main.go".into(),
+            43
+        )),
+        "{notify:?}"
+    );
+    let subscribe = service(&report, "notify-go")["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["function"] == "main.subscribe")
+        .unwrap();
+    let rate = subscribe["rate_per_second"].as_f64().unwrap();
+    assert!((9.0..11.0).contains(&rate), "+10 goroutines/s: {rate}");
+    // Leaking from before the span: its start is not an onset.
+    assert_eq!(subscribe["since"], "before 2026-12-06T12:11:42Z");
+    assert_eq!(subscribe["began_before_range"], true);
+    assert_eq!(findings(&report, "auth"), vec![], "{report:#}");
+    for benign in ["main.renderPage", "main.warmIndex"] {
+        assert!(
+            notify.iter().all(|(_, function, _, _)| function != benign),
+            "{benign} is not a leak: {notify:?}"
+        );
+    }
+    for name in ["auth", "billing", "notify-go"] {
+        assert_eq!(service(&report, name)["error"], Value::Null, "{name}");
+        assert_eq!(service(&report, name)["heap_windows"], 24, "{name}");
+    }
+    assert_eq!(service(&report, "notify-go")["goroutine_windows"], 24);
+    // The tool's 100 requests, as the recording has them.
+    assert_eq!(report["queries"], 100);
+}
+
+/// The held recording's ground truth in full (`expected_findings`): `main.subscribe`
+/// (goroutines), and the two held heap leaks, `main.appendAudit` (grew for 180 s, then flat)
+/// and billing's slice leak (rose in windows 1-3, capped, then flat for 21 windows); nothing
+/// else. The held leaks need the survival evidence of issue 20 in the shared analysis: without
+/// it this fails at the held leaks (the goroutine part passes, as the test above checks).
+#[test]
+#[ignore = "held leaks need issue 20's survival analysis (crates/detector/src/analysis.rs)"]
+fn fleet_finds_the_held_recordings_three_leaks_and_nothing_else() {
+    let replay = Replay::start(Options {
+        recording: Recording::Held,
+        ..Options::default()
+    });
+    let run = fleet_over(Recording::Held, &replay.url, &["--json"]);
+    assert_eq!(replay.unrecorded(), Vec::<String>::new(), "{}", run.stderr);
+    assert_eq!(run.code, 1, "leaks found: {}", run.stderr);
+    let report = run.json();
+    let functions = |name: &str| {
+        let mut found: Vec<(String, String)> = findings(&report, name)
+            .into_iter()
+            .map(|(kind, function, _, _)| (kind, function))
+            .collect();
+        found.sort();
+        found
+    };
+    assert!(
+        functions("notify-go").contains(&("goroutines".into(), "main.subscribe".into())),
+        "the goroutine leak: {report:#}"
+    );
+    assert_eq!(
+        functions("notify-go"),
+        vec![
+            ("goroutines".into(), "main.subscribe".into()),
+            ("heap".into(), "main.appendAudit".into()),
+        ],
+        "notify-go's held heap leak, and no benign site: {report:#}"
+    );
+    assert_eq!(
+        findings(&report, "billing"),
+        vec![(
+            "heap".into(),
+            "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}".into(),
+            "src/leaks/slice.rs".into(),
+            21
+        )],
+        "billing's held slice leak: {report:#}"
+    );
+    assert_eq!(findings(&report, "auth"), vec![], "{report:#}");
+}
+
+/// Watch mode keeps each service's series between periods and asks only for windows it has not
+/// read: over a fixed range, the first period sends the 100 queries a scan sends, and each later
+/// one only the service list and the three type lists, with the same findings.
+#[test]
+fn fleet_watch_reads_each_window_once_and_keeps_its_findings_between_periods() {
+    use std::io::BufRead;
+    let replay = Replay::start(Options::default());
+    let mut child = Command::new(BINARY)
+        .env_clear()
+        .args([
+            "fleet",
+            "--pyroscope",
+            &replay.url,
+            "--every",
+            "1s",
+            "--json",
+        ])
+        .args(["--from", &S.to_string(), "--to", &E.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reports: Vec<Value> = std::io::BufReader::new(stdout)
+        .lines()
+        .take(3)
+        .map(|line| serde_json::from_str(&line.unwrap()).unwrap())
+        .collect();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(reports.len(), 3);
+    let queries: Vec<u64> = reports
+        .iter()
+        .map(|report| report["queries"].as_u64().unwrap())
+        .collect();
+    assert_eq!(queries, [100, 4, 4], "each window read once");
+    assert_eq!(replay.served(), 108);
+    let leaks = |report: &Value| {
+        let mut found: Vec<(String, String, String)> = ["checkout", "catalog", "orders-go"]
+            .iter()
+            .flat_map(|name| {
+                findings(report, name)
+                    .into_iter()
+                    .map(move |(kind, function, _, _)| ((*name).to_owned(), kind, function))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(leaks(&reports[0]).len(), 3, "{:#}", reports[0]);
+    for report in &reports[1..] {
+        assert_eq!(leaks(report), leaks(&reports[0]));
+        assert_eq!(service(report, "catalog")["heap_windows"], 24);
+        let rate =
+            |report: &Value| service(report, "checkout")["findings"][0]["rate_per_second"].clone();
+        assert_eq!(rate(report), rate(&reports[0]), "nothing folded twice");
+    }
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
 }

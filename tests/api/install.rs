@@ -1,7 +1,8 @@
 //! The detector as a user installs it: `cargo install --path crates/detector --locked` into an
 //! empty root gives a `leakfinder` binary that answers `--help`, fails clearly on a dead address,
-//! finds the slice leak of a live lab service by its function and file, and writes a symbol table
-//! the lab service uses.
+//! finds the slice leak of a live lab service by its function and file, writes a symbol table
+//! the lab service uses, and, as `leakfinder fleet`, finds the recorded fleet's leaks in a replay
+//! of a real Pyroscope.
 //!
 //! The install builds into this workspace's target dir, from the workspace root (so
 //! `.cargo/config.toml`'s rustflags apply, as to every other build): what the tests' build made
@@ -28,6 +29,7 @@ use serde_json::Value;
 
 use crate::helpers::{BINARY, spawn_app};
 use crate::pprof::{Column, HEAP_LEAK, JOB1, go_pprof, hottest_line, leak_alone_in, top_rows};
+use crate::replay::{E, Options, Replay, S};
 
 /// Where `.ci/run` installed the detector with `cargo install --root`, if it did: the test then
 /// checks that binary instead of installing one itself.
@@ -53,13 +55,20 @@ async fn the_installed_detector_finds_the_slice_leak_of_a_live_service() {
 
     let help = run(&leakfinder, &["--help"], Duration::from_secs(10));
     assert_eq!(help.code, Some(0), "{}", help.stderr);
-    assert!(
-        help.stdout
-            .lines()
-            .any(|line| line.trim_start().starts_with("scan ")),
-        "`leakfinder --help` lists scan:\n{}",
-        help.stdout
-    );
+    for command in ["scan ", "fleet "] {
+        assert!(
+            help.stdout
+                .lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "`leakfinder --help` lists {command}:\n{}",
+            help.stdout
+        );
+    }
+    let fleet_help = run(&leakfinder, &["fleet", "--help"], Duration::from_secs(10));
+    assert_eq!(fleet_help.code, Some(0), "{}", fleet_help.stderr);
+    for option in ["--pyroscope", "--every", "--ca-cert", "--otlp-endpoint"] {
+        assert!(fleet_help.stdout.contains(option), "{}", fleet_help.stdout);
+    }
     let scan_help = run(&leakfinder, &["scan", "--help"], Duration::from_secs(10));
     assert_eq!(scan_help.code, Some(0), "{}", scan_help.stderr);
     assert!(
@@ -97,9 +106,10 @@ async fn the_installed_detector_finds_the_slice_leak_of_a_live_service() {
         "--out".into(),
         out.display().to_string(),
     ];
+    let installed = leakfinder.clone();
     let scan = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(&leakfinder, &args, Duration::from_secs(10) + SCAN_GRACE)
+        run(&installed, &args, Duration::from_secs(10) + SCAN_GRACE)
     })
     .await
     .unwrap();
@@ -127,6 +137,63 @@ async fn the_installed_detector_finds_the_slice_leak_of_a_live_service() {
         "{slice:#}"
     );
     assert!(out.join("heap-first.pb.gz").exists() && out.join("heap-last.pb.gz").exists());
+
+    // `leakfinder fleet`, installed, over the replayed recording: the same verdicts as the lab's.
+    let replay = Replay::start(Options::default());
+    let (from, to) = (S.to_string(), E.to_string());
+    let args = [
+        "fleet".to_owned(),
+        "--pyroscope".into(),
+        replay.url.clone(),
+        "--from".into(),
+        from,
+        "--to".into(),
+        to,
+        "--json".into(),
+    ];
+    let fleet = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&leakfinder, &args, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(fleet.code, Some(1), "leaks found: {}", fleet.stderr);
+    assert!(replay.unrecorded().is_empty(), "{:?}", replay.unrecorded());
+    let report: Value = serde_json::from_str(&fleet.stdout)
+        .unwrap_or_else(|error| panic!("fleet printed JSON ({error}): {}", fleet.stdout));
+    let mut found: Vec<(String, String)> = report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|service| {
+            service["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|finding| {
+                    (
+                        service["service"].as_str().unwrap().to_owned(),
+                        finding["function"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (
+                "checkout",
+                format!("{SLICE_FUNCTION}::{{{{closure}}}}").as_str()
+            ),
+            ("orders-go", "main.cacheWithoutEviction"),
+            ("orders-go", "main.leakyFanout"),
+        ]
+        .map(|(service, function)| (service.to_owned(), function.to_owned()))
+        .to_vec(),
+        "{report:#}"
+    );
 }
 
 /// `leakfinder symbols EXE`, installed, writes the table of a copy of the lab's binary beside it;

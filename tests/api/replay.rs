@@ -1,12 +1,17 @@
-//! A Pyroscope that only answers what was recorded: `tests/fixtures/pyroscope/manifest.json` maps
-//! each real request (method, path, content type, body bytes) to the real answer. Any other
-//! request is answered 404 and kept in [`Replay::unrecorded`], which tests assert is empty: a
-//! request the recording does not have is a failure, not a guess.
+//! A Pyroscope that only answers what was recorded: a recording's `manifest.json` maps each real
+//! request (method, path, content type, body bytes) to the real answer. Any other request is
+//! answered 404 and kept in [`Replay::unrecorded`], which tests assert is empty: a request the
+//! recording does not have is a failure, not a guess. Two recordings of real Pyroscopes are
+//! served ([`Recording`]): `tests/fixtures/pyroscope` (leaks that grow) and
+//! `tests/fixtures/pyroscope-held` (leaks that grow, then hold), each with its README and ground
+//! truth.
 //!
 //! Options model what a deployment adds in front of the same answers: required credentials and
-//! tenant (a 401 otherwise), a service whose profile answers arrive truncated, and renamed
-//! services (a synthetic fleet for the benchmark: each alias is answered with its recorded
-//! service's answers, and the service list with the aliases).
+//! tenant (a 401 otherwise), a service whose profile answers arrive truncated, renamed services
+//! (a synthetic fleet for the benchmark: each alias is answered with its recorded service's
+//! answers, and the service list with the aliases), and time wrapped around the recorded span
+//! (for watch mode's benchmark: any window is answered with the recorded window it falls on
+//! modulo the span, any range's listings with the span's).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -14,24 +19,65 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use leakfinder::fleet::client::SelectMergeProfileRequest;
+use leakfinder_detector::fleet::client::SelectMergeProfileRequest;
 use poem::http::StatusCode;
 use poem::{Body, Request, Response};
 use prost::Message;
 
-/// Where the fixtures are.
-pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pyroscope")
+/// The first recording's span: `[S, E)`, 24 windows of 15 s.
+pub const S: i64 = 1_796_136_113_000;
+/// The end of the first recording's span.
+pub const E: i64 = 1_796_136_473_000;
+/// The held recording's span: `[HELD_S, HELD_E)`, 24 windows of 15 s.
+pub const HELD_S: i64 = 1_796_559_102_000;
+/// The end of the held recording's span.
+pub const HELD_E: i64 = 1_796_559_462_000;
+/// The recordings' push window.
+const WINDOW_MS: i64 = 15_000;
+
+/// A recording of a real Pyroscope that a replay serves.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// `tests/fixtures/pyroscope` (Pyroscope 2.2, 2026-12-01): checkout's slice leak, catalog
+    /// healthy, orders-go's goroutine and heap leaks, all growing.
+    #[default]
+    Growing,
+    /// `tests/fixtures/pyroscope-held` (the same Pyroscope commit, 2026-12-06): billing's slice
+    /// leak capped and held, auth healthy, notify-go's goroutine leak and a heap leak that holds
+    /// after its traffic stops.
+    Held,
 }
 
-/// The recorded span: `[S, E)`, 24 windows of 15 s.
-pub const S: i64 = 1_796_136_113_000;
-/// The end of the recorded span.
-pub const E: i64 = 1_796_136_473_000;
+impl Recording {
+    /// Where its fixtures are.
+    pub fn dir(self) -> PathBuf {
+        let name = match self {
+            Self::Growing => "pyroscope",
+            Self::Held => "pyroscope-held",
+        };
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// Its span, `[start, end)` in unix ms: 24 windows of 15 s.
+    pub fn span(self) -> (i64, i64) {
+        match self {
+            Self::Growing => (S, E),
+            Self::Held => (HELD_S, HELD_E),
+        }
+    }
+}
 
 /// What a replay adds to the recording.
 #[derive(Default, Clone)]
 pub struct Options {
+    /// The recording served.
+    pub recording: Recording,
+    /// Time wrapped around the recorded span: a window at any whole number of windows from its
+    /// start is answered with the recorded window it falls on modulo the span, and a listing of
+    /// any range with the span's listing.
+    pub wrap: bool,
     /// Headers (lowercase name, value) every request must carry, else 401.
     pub require: Vec<(String, String)>,
     /// The service whose `SelectMergeProfile` answers are cut in half.
@@ -53,6 +99,7 @@ type Key = (String, String, String, Vec<u8>);
 struct State {
     recorded: HashMap<Key, Answer>,
     listing: Vec<u8>,
+    span: (i64, i64),
     options: Options,
     aliases: HashMap<String, String>,
     unrecorded: Mutex<Vec<String>>,
@@ -71,10 +118,11 @@ pub struct Replay {
 impl Replay {
     /// Serves the recording with `options`.
     pub fn start(options: Options) -> Self {
-        let (recorded, listing) = load(&fixtures());
+        let (recorded, listing) = load(&options.recording.dir());
         let state = Arc::new(State {
             recorded,
             listing,
+            span: options.recording.span(),
             aliases: options.aliases.iter().cloned().collect(),
             options,
             unrecorded: Mutex::new(Vec::new()),
@@ -184,8 +232,15 @@ fn load(dir: &Path) -> (HashMap<Key, Answer>, Vec<u8>) {
         if entry["id"] == "metadata/label_values_service_name" {
             listing = body.clone();
         }
-        let content_type = request["headers"]["Content-Type"]
-            .as_str()
+        // Header names as recorded: `Content-Type` in one recording, `content-type` in the other.
+        let content_type = request["headers"]
+            .as_object()
+            .and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+            })
+            .and_then(|(_, value)| value.as_str())
             .unwrap_or("")
             .to_owned();
         recorded.insert(
@@ -235,6 +290,11 @@ async fn answer(state: &State, request: Request) -> Response {
         }
     }
     let body = request.into_body().into_vec().await.unwrap_or_default();
+    let body = if state.options.wrap {
+        unwrap_time(state.span, &path, body)
+    } else {
+        body
+    };
     let (body, service) = unalias(state, &path, body);
     if !state.aliases.is_empty() && body == state.listing {
         let names: Vec<&String> = state.aliases.keys().collect();
@@ -292,6 +352,30 @@ fn unalias(state: &State, path: &str, body: Vec<u8>) -> (Vec<u8>, Option<String>
         );
     }
     (body, service)
+}
+
+/// The body with its time moved into the recorded `span`: a window onto the recorded window it
+/// falls on modulo the span, a JSON request's `"start":..,"end":..}` (always last, as the tools
+/// send them) onto the span.
+fn unwrap_time((start, end): (i64, i64), path: &str, body: Vec<u8>) -> Vec<u8> {
+    if path.ends_with("/SelectMergeProfile") {
+        let Ok(mut request) = SelectMergeProfileRequest::decode(body.as_slice()) else {
+            return body;
+        };
+        if request.end - request.start != WINDOW_MS || (request.start - start) % WINDOW_MS != 0 {
+            return body;
+        }
+        let windows = (end - start) / WINDOW_MS;
+        let k = ((request.start - start) / WINDOW_MS).rem_euclid(windows);
+        request.start = start + k * WINDOW_MS;
+        request.end = request.start + WINDOW_MS;
+        return request.encode_to_vec();
+    }
+    let text = String::from_utf8_lossy(&body);
+    match text.rfind(",\"start\":") {
+        Some(at) => format!("{},\"start\":{start},\"end\":{end}}}", &text[..at]).into_bytes(),
+        None => body,
+    }
 }
 
 /// `NAME` of the first `service_name="NAME"` in `text`.

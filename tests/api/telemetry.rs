@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,14 +25,19 @@ pub struct Received {
     pub path: String,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// `X-Scope-OrgID` and `Authorization`, as sent (empty when absent).
+    pub tenant: String,
+    pub authorization: String,
 }
 
 /// An HTTP server on port 0 that records every request and answers 200; while `refuse_pushes`
-/// is set, it answers profile pushes 503 instead (an outage), counting them in `refused`.
+/// is set, it answers profile pushes 503 instead (an outage), and while `push_status` is not 0,
+/// with that status (401: credentials refused), counting them in `refused`.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Received>>>,
     pub refuse_pushes: Arc<AtomicBool>,
+    pub push_status: Arc<AtomicU16>,
     pub refused: Arc<AtomicU64>,
     _server: tokio::task::JoinHandle<()>,
 }
@@ -42,6 +47,7 @@ pub struct Receiver {
 struct Recording {
     requests: Arc<Mutex<Vec<Received>>>,
     refuse_pushes: Arc<AtomicBool>,
+    push_status: Arc<AtomicU16>,
     refused: Arc<AtomicU64>,
 }
 
@@ -56,6 +62,13 @@ async fn record(
         return poem::Response::builder()
             .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
             .body("down");
+    }
+    let status = recording.push_status.load(Ordering::SeqCst);
+    if request.uri().path() == PUSH_PATH && status != 0 {
+        recording.refused.fetch_add(1, Ordering::SeqCst);
+        return poem::Response::builder()
+            .status(poem::http::StatusCode::from_u16(status).unwrap())
+            .body("refused");
     }
     let header = |name: &str| {
         request
@@ -78,6 +91,8 @@ async fn record(
         path: request.uri().path().to_owned(),
         content_type: header("content-type"),
         body,
+        tenant: header("x-scope-orgid"),
+        authorization: header("authorization"),
     });
     poem::Response::builder().body("{}")
 }
@@ -93,6 +108,7 @@ impl Receiver {
         let recording = Recording {
             requests: Arc::default(),
             refuse_pushes: Arc::default(),
+            push_status: Arc::default(),
             refused: Arc::default(),
         };
         let app = Route::new().at("/*path", record).data(recording.clone());
@@ -103,6 +119,7 @@ impl Receiver {
             addr,
             requests: recording.requests,
             refuse_pushes: recording.refuse_pushes,
+            push_status: recording.push_status,
             refused: recording.refused,
             _server: server,
         }
@@ -739,4 +756,263 @@ fn dropped_counter(taken: &[Received]) -> f64 {
             points.into_iter().map(|(_, value)| value).reduce(f64::max)
         })
         .fold(0.0, f64::max)
+}
+
+/// The pprof time stamps of the pushed profiles of `kind` (`__name__`), oldest first.
+fn stamps(taken: &[Received], kind: &str) -> Vec<i64> {
+    let mut stamps: Vec<i64> = pushes(taken)
+        .into_iter()
+        .filter(|(labels, _)| labels["__name__"] == kind)
+        .map(|(_, raw)| leakfinder_pprof::decode(&raw, 64 << 20).unwrap().time_nanos)
+        .collect();
+    stamps.sort_unstable();
+    stamps
+}
+
+/// Credentials as environment, the `Authorization` they make, the secret in them, and their kind.
+type Credentials<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+
+/// With `PYROSCOPE_TENANT_ID` and basic auth or a token (the variables Pyroscope's Java agent
+/// reads), every push carries `X-Scope-OrgID` and `Authorization`; the start-up log says which
+/// kind of credentials, and no log line shows the password or token.
+#[tokio::test]
+async fn pushes_carry_the_tenant_and_credentials_and_no_log_shows_a_secret() {
+    let cases: [Credentials; 2] = [
+        (
+            &[
+                ("PYROSCOPE_BASIC_AUTH_USER", "pusher"),
+                ("PYROSCOPE_BASIC_AUTH_PASSWORD", "pw-s3cret"),
+            ],
+            // base64("pusher:pw-s3cret")
+            "Basic cHVzaGVyOnB3LXMzY3JldA==",
+            "pw-s3cret",
+            "basic",
+        ),
+        (
+            &[("PYROSCOPE_AUTH_TOKEN", "t0ken-s3cret")],
+            "Bearer t0ken-s3cret",
+            "t0ken-s3cret",
+            "bearer",
+        ),
+    ];
+    for (credentials, authorization, secret, kind) in cases {
+        let receiver = Receiver::start().await;
+        let mut extra = vec![("PYROSCOPE_TENANT_ID", "team-a")];
+        extra.extend_from_slice(credentials);
+        let app = spawn_with(&quiet_export_env(&receiver.url(), 1, 1), &extra);
+        let taken = receiver
+            .wait_for(PUSH_PATH, Duration::from_secs(30), |taken| {
+                let pushed = pushes(taken);
+                ["memory", "goroutine"]
+                    .iter()
+                    .all(|kind| pushed.iter().any(|(labels, _)| labels["__name__"] == *kind))
+            })
+            .await;
+        for request in &taken {
+            assert_eq!(request.tenant, "team-a");
+            assert_eq!(request.authorization, authorization);
+        }
+        let logs = app.logs();
+        let started = logs
+            .iter()
+            .find(|line| line.contains("pushing CPU, heap and task (goroutine) profiles"))
+            .unwrap_or_else(|| panic!("a start-up line for the push: {logs:#?}"));
+        assert!(
+            started.contains(kind) && started.contains("team-a"),
+            "{started}"
+        );
+        assert!(
+            !logs.iter().any(|line| line.contains(secret)),
+            "a log line shows the secret: {logs:#?}"
+        );
+    }
+}
+
+/// Pyroscope refusing the credentials (401) drops each profile and counts it in
+/// `leakfinder.profiles.dropped`, with one warning that names the setting to check, never the
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_drop_profiles_counted_with_one_warning_naming_the_setting() {
+    let receiver = Receiver::start().await;
+    receiver.push_status.store(401, Ordering::SeqCst);
+    let mut env = quiet_export_env(&receiver.url(), 1, 1);
+    env[1].1 = "500".to_owned(); // metrics every 500 ms, to read the drop counter
+    let app = spawn_with(&env, &[("PYROSCOPE_AUTH_TOKEN", "wr0ng-t0ken")]);
+    let exports = receiver
+        .wait_for(OTLP_PATH, Duration::from_secs(30), |taken| {
+            dropped_counter(taken) >= 3.0
+        })
+        .await;
+    assert!(receiver.refused.load(Ordering::SeqCst) >= 3);
+    assert!(receiver.taken(PUSH_PATH).is_empty(), "nothing was accepted");
+    assert!(dropped_counter(&exports) >= 3.0);
+    let logs = app.logs();
+    let warnings: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("Pyroscope refused the credentials"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, not one per push: {logs:#?}"
+    );
+    assert!(
+        warnings[0].contains(" WARN ")
+            && warnings[0].contains("status=401")
+            && warnings[0].contains("check PYROSCOPE_AUTH_TOKEN"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !logs.iter().any(|line| line.contains("wr0ng-t0ken")),
+        "{logs:#?}"
+    );
+    assert_eq!(app.get_json("/healthz", 200).await["status"], "ok");
+}
+
+/// Values of `sample_type` of a pprof profile's samples whose stack has a function containing
+/// `needle`, added up.
+fn total_at(raw: &[u8], sample_type: &str, needle: &str) -> i64 {
+    let profile = leakfinder_pprof::decode(raw, 64 << 20).unwrap();
+    let name = |index: i64| profile.string_table[index as usize].as_str();
+    let column = profile
+        .sample_type
+        .iter()
+        .position(|t| name(t.r#type) == sample_type)
+        .unwrap_or_else(|| panic!("a {sample_type} sample type"));
+    let function = |location_id: u64| {
+        let location = profile.location.iter().find(|l| l.id == location_id)?;
+        Some(
+            location
+                .line
+                .iter()
+                .filter_map(|line| profile.function.iter().find(|f| f.id == line.function_id))
+                .map(|f| name(f.name).to_owned())
+                .collect::<Vec<_>>(),
+        )
+    };
+    profile
+        .sample
+        .iter()
+        .filter(|sample| {
+            sample
+                .location_id
+                .iter()
+                .filter_map(|&id| function(id))
+                .flatten()
+                .any(|f| f.contains(needle))
+        })
+        .map(|sample| sample.value[column])
+        .sum()
+}
+
+/// The task profile is pushed as Pyroscope's `goroutine` type on the heap's interval: the
+/// channel leak's blocked tasks are there, with the `wait` label, and every pushed sample label
+/// is a string (Pyroscope drops numeric ones).
+#[tokio::test]
+async fn the_task_profile_is_pushed_as_goroutines_with_the_leaked_tasks() {
+    let receiver = Receiver::start().await;
+    let app = spawn_with(&quiet_export_env(&receiver.url(), 3600, 1), &[]);
+    app.get_json("/start-leak/channel", 200).await;
+    let taken = receiver
+        .wait_for(PUSH_PATH, Duration::from_secs(30), |taken| {
+            pushes(taken).iter().any(|(labels, raw)| {
+                labels["__name__"] == "goroutine"
+                    && total_at(raw, "goroutine", "run_leaker_job2_channel_task_block") >= 50
+            })
+        })
+        .await;
+    for (labels, raw) in pushes(&taken) {
+        assert_eq!(labels["service_name"], "leakfinder", "{labels:?}");
+        let profile = leakfinder_pprof::decode(&raw, 64 << 20).unwrap();
+        assert!(
+            profile
+                .sample
+                .iter()
+                .flat_map(|sample| &sample.label)
+                .all(|label| label.str != 0 && label.num == 0),
+            "{}: string labels only",
+            labels["__name__"]
+        );
+        if labels["__name__"] == "goroutine" {
+            let name = |index: i64| profile.string_table[index as usize].as_str();
+            let types: Vec<(&str, &str)> = profile
+                .sample_type
+                .iter()
+                .map(|t| (name(t.r#type), name(t.unit)))
+                .collect();
+            assert_eq!(types, [("goroutine", "count")]);
+            assert!(profile.time_nanos > 0, "stamped");
+        }
+    }
+    let waits: BTreeSet<String> = pushes(&taken)
+        .into_iter()
+        .filter(|(labels, _)| labels["__name__"] == "goroutine")
+        .flat_map(|(_, raw)| {
+            let profile = leakfinder_pprof::decode(&raw, 64 << 20).unwrap();
+            profile
+                .sample
+                .iter()
+                .flat_map(|sample| &sample.label)
+                .filter(|label| profile.string_table[label.key as usize] == "wait")
+                .map(|label| profile.string_table[label.str as usize].clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(waits.contains("chan send"), "{waits:?}");
+}
+
+/// Heap and goroutine snapshots are never pushed less than the heap interval apart: two would
+/// land in one Pyroscope window and read double there (issue 21, item 3). A stop right after a
+/// round of snapshots pushes its CPU windows but no third snapshot.
+#[tokio::test]
+async fn snapshots_are_never_pushed_closer_than_the_heap_interval_even_at_exit() {
+    const HEAP_SECS: i64 = 2;
+    let receiver = Receiver::start().await;
+    let app = spawn_with(&quiet_export_env(&receiver.url(), 1, HEAP_SECS as u64), &[]);
+    receiver
+        .wait_for(PUSH_PATH, Duration::from_secs(30), |taken| {
+            stamps(taken, "memory").len() >= 2
+        })
+        .await;
+    let stopping = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let (app, stopped) = tokio::task::spawn_blocking(move || {
+        let mut app = app;
+        let stopped = app.terminate(Duration::from_secs(10));
+        (app, stopped)
+    })
+    .await
+    .unwrap();
+    let (status, _) = stopped.expect("the service stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let taken = receiver.taken(PUSH_PATH);
+    for kind in ["memory", "goroutine"] {
+        let stamps = stamps(&taken, kind);
+        assert!(stamps.len() >= 2, "{kind}: {stamps:?}");
+        for pair in stamps.windows(2) {
+            let gap_ms = (pair[1] - pair[0]) / 1_000_000;
+            assert!(
+                gap_ms >= HEAP_SECS * 1000 - 5,
+                "{kind} snapshots {gap_ms} ms apart, less than the {HEAP_SECS} s interval: {:#?}",
+                app.logs()
+            );
+        }
+    }
+    let cpu_end = pushes(&taken)
+        .into_iter()
+        .filter(|(labels, _)| labels["__name__"] == "process_cpu")
+        .map(|(_, raw)| {
+            let profile = leakfinder_pprof::decode(&raw, 64 << 20).unwrap();
+            profile.time_nanos + profile.duration_nanos
+        })
+        .max()
+        .expect("CPU windows were pushed");
+    assert!(
+        cpu_end >= stopping,
+        "the last CPU windows were pushed at exit: they end {} ms before the stop",
+        (stopping - cpu_end) / 1_000_000
+    );
 }

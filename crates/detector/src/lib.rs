@@ -5,7 +5,9 @@
 //! analysis, so `cargo install --path crates/detector` gives the `leakfinder` command alone.
 //!
 //! # Layout
-//! - [`sampler`] fetches profiles over HTTP (I/O only);
+//! - [`sampler`] fetches profiles over HTTP or HTTPS (I/O only);
+//! - [`tls`] is HTTPS for both clients: the system's roots, `--ca-cert`, and what a failed
+//!   handshake failed at;
 //! - [`frames`] says which frame of a stack is the site: the program's own code (pure);
 //! - [`profile`] reads a profile as the amount retained per site (pure);
 //! - [`analysis`] decides, per site, whether its series leaks: a steady trend, or a ratchet of
@@ -15,13 +17,16 @@
 //! - [`goroutines`] reads Go's goroutine dump (`debug=2`): ids, waits and stacks (pure);
 //! - [`Detector`] keeps the series and turns verdicts into [`Finding`]s (pure: time is passed in);
 //! - [`scan`] is the `leakfinder scan` command;
-//! - [`symbols`] is the `leakfinder symbols` command: a service's prebuilt symbol table.
+//! - [`symbols`] is the `leakfinder symbols` command: a service's prebuilt symbol table;
+//! - [`fleet`] is the `leakfinder fleet` command: the same analysis over every service of a
+//!   fleet, read back from Pyroscope (`--every`: a watch, exported over OTLP with feature `otlp`).
 //!
 //! It works on this service and on any Go service with `net/http/pprof`.
 
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod fleet;
 pub mod frames;
 pub mod goroutines;
 pub mod profile;
@@ -29,6 +34,7 @@ pub mod sampler;
 pub mod scan;
 pub mod survival;
 pub mod symbols;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 

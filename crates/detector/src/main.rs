@@ -1,10 +1,12 @@
 //! The `leakfinder` command: `leakfinder scan URL` watches a service's pprof endpoints and says
-//! what leaks; `leakfinder symbols EXE` writes a service's symbol table beside its binary. The
+//! what leaks; `leakfinder fleet --pyroscope URL` says it for every service that pushes to a
+//! Pyroscope; `leakfinder symbols EXE` writes a service's symbol table beside its binary. The
 //! analysis is the library; this is its command line.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use leakfinder_detector::fleet::{self, FleetArgs};
 use leakfinder_detector::scan::{self, ScanArgs};
 use leakfinder_detector::symbols::{self, SymbolsArgs};
 
@@ -26,11 +28,16 @@ enum Command {
     /// so the service symbolises its profiles without reading its debug info (exit 0: written,
     /// 1: error).
     Symbols(SymbolsArgs),
+    /// Finds leaks in every service of a fleet from the profiles it pushes to Pyroscope (exit 0:
+    /// nothing, 1: leaks found, 2: error). With --every, runs until SIGTERM and exports OTLP
+    /// metrics.
+    Fleet(Box<FleetArgs>),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Scan(args) => scan::run(&args),
         Command::Symbols(args) => symbols::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
     }
 }

@@ -1,10 +1,11 @@
-//! Fetching profiles from a target over HTTP: this service, or any Go service that serves
-//! `net/http/pprof`. The only I/O of the detector.
+//! Fetching profiles from a target over HTTP or HTTPS: this service, or any Go service that
+//! serves `net/http/pprof`. The only I/O of `scan`.
 
 use std::io::Read;
 use std::time::Duration;
 
 use super::profile::ProfileKind;
+use crate::tls::{self, CaCerts, TlsFailure};
 use leakfinder_pprof::{self as pprof, Profile};
 
 /// The largest response read (compressed).
@@ -31,6 +32,14 @@ pub enum FetchError {
     Refused {
         /// What was fetched.
         url: String,
+    },
+    /// The TLS handshake failed: the certificate, the name or the protocol.
+    #[error("TLS with {url} failed: {failure}")]
+    Tls {
+        /// What was fetched.
+        url: String,
+        /// What failed.
+        failure: TlsFailure,
     },
     /// The request failed otherwise.
     #[error("cannot fetch {url}: {reason}")]
@@ -106,9 +115,15 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for `target`.
+    /// A sampler for `target`, trusting the system's roots.
     pub fn new(target: Target) -> Result<Self, FetchError> {
-        let client = reqwest::blocking::Client::builder()
+        Self::with_ca_certs(target, &CaCerts::none())
+    }
+
+    /// A sampler for `target`, trusting the system's roots and `ca_certs` (`--ca-cert`).
+    pub fn with_ca_certs(target: Target, ca_certs: &CaCerts) -> Result<Self, FetchError> {
+        let client = ca_certs
+            .client_builder()
             .timeout(FETCH_TIMEOUT)
             .build()
             .map_err(|error| FetchError::Transport {
@@ -216,6 +231,9 @@ fn classify(url: &str, error: &reqwest::Error) -> FetchError {
     let url = url.to_owned();
     if error.is_timeout() {
         return FetchError::Timeout { url };
+    }
+    if let Some(failure) = tls::failure(error) {
+        return FetchError::Tls { url, failure };
     }
     let mut source: Option<&dyn std::error::Error> = Some(error);
     while let Some(cause) = source {

@@ -26,16 +26,17 @@ use std::time::{Duration, Instant};
 use crate::frames::Language;
 use crate::profile::{ProfileKind, SnapshotError, snapshot};
 use crate::sampler::{FetchError, Sampler, Target};
+use crate::tls::{CaCertError, CaCerts};
 use crate::{Detector, Finding, goroutines};
-pub use report::human;
+pub use report::{human, rate};
 use report::{Reported, Summary};
 
 /// The `scan` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScanArgs {
-    /// The service: its base URL, or any of its `/debug/pprof/` URLs.
+    /// The service: its base URL, or any of its `/debug/pprof/` URLs (`http://` or `https://`).
     pub url: String,
-    /// How long to watch at most (`30s`, `2m`, `500ms`).
+    /// How long to watch at most (`30s`, `2m`, `3m30s`, `500ms`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Time between two samples.
@@ -52,29 +53,50 @@ pub struct ScanArgs {
     /// temporary directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust beside the system's roots, for an `https://`
+    /// target whose certificate a private CA signed.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
-/// `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+/// `30s`, `2m`, `1h`, `500ms`, compounds of them (`3m30s`, `1h15m`) or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 2m or 500ms"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ));
-        }
-    };
+    let bad = || format!("{text:?} is not a duration like 30s, 2m, 3m30s or 500ms");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut seconds = 0.0;
+    let mut rest = text;
+    let mut first = true;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits);
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let letters = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(letters);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            // A bare number is seconds, alone; within a compound every part has its unit.
+            "" if first => 1.0,
+            "" => return Err(bad()),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
+                ));
+            }
+        };
+        seconds += number * scale;
+        first = false;
+        rest = after;
+    }
     if !(0.001..=86_400.0).contains(&seconds) {
         return Err(format!("{text:?} must be between 1ms and 24h"));
     }
@@ -86,6 +108,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 enum ScanError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    CaCert(#[from] CaCertError),
     #[error("cannot save profiles under {dir}: {source}")]
     Save {
         dir: PathBuf,
@@ -141,6 +165,7 @@ impl Watched {
                     Some(
                         FetchError::Status { .. }
                             | FetchError::Refused { .. }
+                            | FetchError::Tls { .. }
                             | FetchError::NotPprof { .. }
                     )
                 ))
@@ -318,7 +343,11 @@ enum TaskSource {
 }
 
 fn scan(args: &ScanArgs) -> Result<Outcome, ScanError> {
-    let sampler = Arc::new(Sampler::new(Target::parse(&args.url)?)?);
+    let target = Target::parse(&args.url)?;
+    let sampler = Arc::new(Sampler::with_ca_certs(
+        target,
+        &CaCerts::read(args.ca_cert.as_deref())?,
+    )?);
     let out = args.out.clone().unwrap_or_else(|| {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -581,7 +610,12 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "s", "10x", "-1s", "0s", "25h", "1e9"] {
+        assert_eq!(parse_duration("3m30s"), Ok(Duration::from_secs(210)));
+        assert_eq!(parse_duration("1h15m"), Ok(Duration::from_secs(4500)));
+        assert_eq!(parse_duration("1m500ms"), Ok(Duration::from_millis(60_500)));
+        for bad in [
+            "", "s", "10x", "-1s", "0s", "25h", "1e9", "3m30", "3m 30s", "m30s", "3m30x",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
