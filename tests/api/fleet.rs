@@ -489,17 +489,19 @@ fn fleet_finds_the_held_recordings_goroutine_leak_and_no_benign_site() {
         assert_eq!(service(&report, name)["heap_windows"], 24, "{name}");
     }
     assert_eq!(service(&report, "notify-go")["goroutine_windows"], 24);
-    // The tool's 100 requests, as the recording has them.
-    assert_eq!(report["queries"], 100);
+    // The 100 requests the tool sent before survival evidence (as the recording has them), and
+    // notify-go's 24 windows of `memory:alloc_space`, asked for because `main.appendAudit` rose
+    // and held by too little to be called a leak without them. billing pushes no allocation
+    // counts; its rise is large enough to stand alone.
+    assert_eq!(report["queries"], 124);
 }
 
 /// The held recording's ground truth in full (`expected_findings`): `main.subscribe`
 /// (goroutines), and the two held heap leaks, `main.appendAudit` (grew for 180 s, then flat)
 /// and billing's slice leak (rose in windows 1-3, capped, then flat for 21 windows); nothing
-/// else. The held leaks need the survival evidence of issue 20 in the shared analysis: without
-/// it this fails at the held leaks (the goroutine part passes, as the test above checks).
+/// else. The held leaks are found by the survival test (`held`): billing's by its rise alone,
+/// notify-go's with the allocation counts Pyroscope keeps for it.
 #[test]
-#[ignore = "held leaks need issue 20's survival analysis (crates/detector/src/analysis.rs)"]
 fn fleet_finds_the_held_recordings_three_leaks_and_nothing_else() {
     let replay = Replay::start(Options {
         recording: Recording::Held,
@@ -540,6 +542,34 @@ fn fleet_finds_the_held_recordings_three_leaks_and_nothing_else() {
         "billing's held slice leak: {report:#}"
     );
     assert_eq!(findings(&report, "auth"), vec![], "{report:#}");
+    for (name, function, survival) in [
+        (
+            "billing",
+            "leakfinder::leaks::slice::run_leaker_job1_simple_slice::{{closure}}",
+            None,
+        ),
+        ("notify-go", "main.appendAudit", Some(0.9)),
+    ] {
+        let finding = service(&report, name)["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["function"] == function)
+            .unwrap()
+            .clone();
+        let evidence = &finding["evidence"];
+        assert_eq!(evidence["test"], "held", "{finding:#}");
+        assert_eq!(evidence["held"], true, "{finding:#}");
+        match survival {
+            // Pushed allocation counts show it kept what it allocated.
+            Some(least) => assert!(
+                evidence["survival"].as_f64().unwrap() >= least,
+                "{finding:#}"
+            ),
+            // No allocation counts pushed (this lab build pushed in-use only).
+            None => assert_eq!(evidence["survival"], Value::Null, "{finding:#}"),
+        }
+    }
 }
 
 /// Watch mode keeps each service's series between periods and asks only for windows it has not

@@ -431,6 +431,43 @@ impl Detector {
         gaps.get(gaps.len() / 2).copied().unwrap_or(0.0)
     }
 
+    /// Heap sites whose series rose in steps and held, but by too little to be told from a cache
+    /// warming up without allocation counts, which their profiles lacked: where fetching the
+    /// counts (`memory:alloc_space` from Pyroscope) would decide.
+    pub fn needing_allocations(&self) -> Vec<Site> {
+        self.series
+            .iter()
+            .filter(|((kind, _), series)| {
+                *kind == ProfileKind::Heap && series.allocated().is_none()
+            })
+            .filter(|(_, series)| {
+                let held = &HeldThresholds::HEAP;
+                survival::held(&series.points, None, held).is_none()
+                    && survival::held(&series.points, Some(&series.points), held).is_some()
+            })
+            .map(|((_, site), _)| site.clone())
+            .collect()
+    }
+
+    /// Gives a site's series the cumulative allocation counts at its points' times (seconds),
+    /// from `at`; if `at` does not know one of them, the series stays without counts.
+    pub fn attach_allocations(
+        &mut self,
+        kind: ProfileKind,
+        site: &Site,
+        at: impl Fn(f64) -> Option<f64>,
+    ) {
+        let Some(series) = self.series.get_mut(&(kind, site.clone())) else {
+            return;
+        };
+        let allocated: Option<Vec<Point>> = series
+            .points
+            .iter()
+            .map(|point| at(point.t).map(|value| Point { t: point.t, value }))
+            .collect();
+        series.allocated = allocated.unwrap_or_default();
+    }
+
     /// How many sites are being watched.
     pub fn sites(&self) -> usize {
         self.series.len()

@@ -212,22 +212,8 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         ProfileKind::Tasks => None,
     };
     let period = profile.period.max(1) as f64;
-    let functions: BTreeMap<u64, (&str, &str)> = profile
-        .function
-        .iter()
-        .map(|function| {
-            (
-                function.id,
-                (string(function.name), string(function.filename)),
-            )
-        })
-        .collect();
-    let locations: BTreeMap<u64, &leakfinder_pprof::Location> = profile
-        .location
-        .iter()
-        .map(|location| (location.id, location))
-        .collect();
-    let language = Language::detect(functions.values().copied());
+    let view = View::new(profile);
+    let language = view.language.clone();
     let mut sites: BTreeMap<Site, Retained> = BTreeMap::new();
     // Tasks: per spawn site (its `created by` frame), the tasks alive and ever spawned.
     let mut spawn_sites: BTreeMap<String, (f64, f64)> = BTreeMap::new();
@@ -240,16 +226,7 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         if value <= 0.0 && allocated.is_none_or(|bytes| bytes <= 0.0) {
             continue;
         }
-        let frames: Vec<(&str, &str, i64)> = sample
-            .location_id
-            .iter()
-            .filter_map(|id| locations.get(id))
-            .flat_map(|location| location.line.iter())
-            .filter_map(|line| {
-                let (function, file) = functions.get(&line.function_id)?;
-                Some((*function, *file, line.line))
-            })
-            .collect();
+        let frames = view.frames(sample);
         if frames.is_empty() {
             continue;
         }
@@ -310,6 +287,98 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
     sites.retain(|_, retained| retained.value > 0.0);
     let go = language.is_go();
     Ok(Snapshot { kind, go, sites })
+}
+
+/// A profile's functions and locations by id, and its language: what reading a sample's
+/// frames needs. Dangling ids and string indices out of range are skipped.
+struct View<'a> {
+    functions: BTreeMap<u64, (&'a str, &'a str)>,
+    locations: BTreeMap<u64, &'a leakfinder_pprof::Location>,
+    language: Language,
+}
+
+impl<'a> View<'a> {
+    fn new(profile: &'a Profile) -> Self {
+        let string = |index: i64| -> &'a str {
+            usize::try_from(index)
+                .ok()
+                .and_then(|index| profile.string_table.get(index))
+                .map_or("", String::as_str)
+        };
+        let functions: BTreeMap<u64, (&str, &str)> = profile
+            .function
+            .iter()
+            .map(|function| {
+                (
+                    function.id,
+                    (string(function.name), string(function.filename)),
+                )
+            })
+            .collect();
+        let language = Language::detect(functions.values().copied());
+        Self {
+            functions,
+            locations: profile
+                .location
+                .iter()
+                .map(|location| (location.id, location))
+                .collect(),
+            language,
+        }
+    }
+
+    /// A sample's frames, leaf first: `(function, file, line)`.
+    fn frames(&self, sample: &leakfinder_pprof::Sample) -> Vec<(&'a str, &'a str, i64)> {
+        sample
+            .location_id
+            .iter()
+            .filter_map(|id| self.locations.get(id))
+            .flat_map(|location| location.line.iter())
+            .filter_map(|line| {
+                let (function, file) = self.functions.get(&line.function_id)?;
+                Some((*function, *file, line.line))
+            })
+            .collect()
+    }
+}
+
+/// The amount of `sample_type` per site (Pyroscope serves each sample type of a profile as a
+/// profile of its own: `memory:alloc_space` beside `memory:inuse_space`).
+pub fn site_amounts(
+    profile: &Profile,
+    sample_type: &'static str,
+) -> Result<BTreeMap<Site, f64>, SnapshotError> {
+    let string = |index: i64| -> &str {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| profile.string_table.get(index))
+            .map_or("", String::as_str)
+    };
+    let column = profile
+        .sample_type
+        .iter()
+        .position(|value_type| string(value_type.r#type) == sample_type)
+        .ok_or_else(|| SnapshotError::MissingSampleType {
+            wanted: sample_type,
+            found: profile
+                .sample_type
+                .iter()
+                .map(|value_type| string(value_type.r#type))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let view = View::new(profile);
+    let mut sites = BTreeMap::new();
+    for sample in &profile.sample {
+        let value = sample.value.get(column).copied().unwrap_or(0).max(0) as f64;
+        let frames = view.frames(sample);
+        if value <= 0.0 || frames.is_empty() {
+            continue;
+        }
+        let (site, _) = place(&view.language, &frames);
+        *sites.entry(site).or_default() += value;
+    }
+    Ok(sites)
 }
 
 /// The site of a stack (leaf first, `(function, file, line)`), and its family.

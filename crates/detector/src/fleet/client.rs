@@ -25,6 +25,9 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pyroscope's profile type of live heap bytes.
 pub const HEAP_TYPE: &str = "memory:inuse_space:bytes:space:bytes";
+/// Pyroscope's profile type of bytes allocated (each push's share: what was allocated since the
+/// previous push), beside the heap's in-use bytes.
+pub const ALLOC_TYPE: &str = "memory:alloc_space:bytes:space:bytes";
 /// Pyroscope's profile type of goroutine counts.
 pub const GOROUTINE_TYPE: &str = "goroutine:goroutine:count:goroutine:count";
 

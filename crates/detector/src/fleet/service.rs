@@ -6,11 +6,11 @@
 //! windows of a range that it has not read yet, so watch mode keeps it between periods and reads
 //! only what is new; [`scan`] is one range read afresh.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use super::client::{Client, GOROUTINE_TYPE, HEAP_TYPE, QueryError};
+use super::client::{ALLOC_TYPE, Client, GOROUTINE_TYPE, HEAP_TYPE, QueryError};
 use super::plan::{self, Range, Window};
-use crate::profile::{ProfileKind, SnapshotError, snapshot};
+use crate::profile::{ProfileKind, Site, SnapshotError, site_amounts, snapshot};
 use crate::{Detector, Finding};
 use leakfinder_pprof::Profile;
 
@@ -169,6 +169,10 @@ pub struct Followed {
     series: Series,
     /// Per kind: every window before this one has been read (unix ms).
     next: [Option<i64>; 2],
+    /// What each heap window allocated per site (`memory:alloc_space`), for the windows it was
+    /// asked for, by window start: read only when a held leak needs it (see
+    /// [`Detector::needing_allocations`]), and kept while the series holds the window.
+    allocations: BTreeMap<i64, BTreeMap<Site, f64>>,
 }
 
 impl Followed {
@@ -178,6 +182,7 @@ impl Followed {
         Self {
             series: Series::with_epoch(epoch, capacity),
             next: [None, None],
+            allocations: BTreeMap::new(),
         }
     }
 
@@ -223,6 +228,66 @@ impl Followed {
         }
         if self.series.windows().0 == 0 {
             return Err(ServiceError::NoHeapData);
+        }
+        if types.iter().any(|t| t == ALLOC_TYPE) {
+            self.prove_held_leaks(client, &selector)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the heap sites that rose and held, but too little to be called a leak without
+    /// allocation counts, the counts of every window the series holds (asking Pyroscope for the
+    /// windows not asked before): a site that kept what it allocated is a held leak; a cache
+    /// that warmed up and churns is not.
+    fn prove_held_leaks(&mut self, client: &Client, selector: &str) -> Result<(), ServiceError> {
+        let wanted = self.series.detector.needing_allocations();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let windows: Vec<Window> = self.series.folded[slot(ProfileKind::Heap)]
+            .iter()
+            .copied()
+            .collect();
+        if let Some(first) = windows.first() {
+            self.allocations = self.allocations.split_off(&first.start);
+        }
+        for window in &windows {
+            if self.allocations.contains_key(&window.start) {
+                continue;
+            }
+            let profile = client.merge_profile(ALLOC_TYPE, selector, window.start, window.end)?;
+            let shares = if profile.sample.is_empty() {
+                BTreeMap::new()
+            } else {
+                site_amounts(&profile, "alloc_space").map_err(|source| ServiceError::Profile {
+                    kind: "alloc_space",
+                    at: plan::format_rfc3339(window.start),
+                    source,
+                })?
+            };
+            self.allocations.insert(window.start, shares);
+        }
+        for site in wanted {
+            // Cumulative from the first window held, at each window's time on the series' axis.
+            let mut total = 0.0;
+            let cumulative: Vec<(f64, f64)> = windows
+                .iter()
+                .map(|window| {
+                    total += self.allocations[&window.start]
+                        .get(&site)
+                        .copied()
+                        .unwrap_or(0.0);
+                    (self.series.seconds(window.start), total)
+                })
+                .collect();
+            self.series
+                .detector
+                .attach_allocations(ProfileKind::Heap, &site, |t| {
+                    cumulative
+                        .iter()
+                        .find(|(at, _)| (*at - t).abs() < 1e-6)
+                        .map(|&(_, total)| total)
+                });
         }
         Ok(())
     }

@@ -28,8 +28,8 @@ use crate::profile::{ProfileKind, SnapshotError, snapshot};
 use crate::sampler::{FetchError, Sampler, Target};
 use crate::tls::{CaCertError, CaCerts};
 use crate::{Detector, Finding, goroutines};
-pub use report::{human, rate};
 use report::{Reported, Summary};
+pub use report::{human, rate};
 
 /// The `scan` command's arguments.
 #[derive(Debug, Clone, clap::Args)]
