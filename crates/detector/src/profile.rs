@@ -215,9 +215,11 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
     let view = View::new(profile);
     let language = view.language.clone();
     let mut sites: BTreeMap<Site, Retained> = BTreeMap::new();
-    // Tasks: per spawn site (its `created by` frame), the tasks alive and ever spawned.
-    let mut spawn_sites: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut spawn_site_of: BTreeMap<Site, BTreeMap<String, f64>> = BTreeMap::new();
+    // Tasks: per spawn site (its `created by` frame: function, file and line, as one function
+    // may spawn at several lines, each counted apart), the tasks alive and ever spawned.
+    type SpawnSite<'a> = (&'a str, &'a str, i64);
+    let mut spawn_sites: BTreeMap<SpawnSite<'_>, (f64, f64)> = BTreeMap::new();
+    let mut spawn_site_of: BTreeMap<Site, BTreeMap<SpawnSite<'_>, f64>> = BTreeMap::new();
     for sample in &profile.sample {
         let value = sample.value.get(column).copied().unwrap_or(0).max(0) as f64;
         let allocated = alloc_column
@@ -255,14 +257,14 @@ pub fn snapshot(profile: &Profile, kind: ProfileKind) -> Result<Snapshot, Snapsh
         if kind == ProfileKind::Tasks
             && let Some(spawned) = label(SPAWNED_LABEL)
         {
-            let (spawn, _, _) = frames[frames.len() - 1];
-            let entry = spawn_sites.entry(spawn.to_owned()).or_default();
+            let spawn = frames[frames.len() - 1];
+            let entry = spawn_sites.entry(spawn).or_default();
             entry.0 += value;
             entry.1 = entry.1.max(spawned.num as f64);
             *spawn_site_of
                 .entry(site)
                 .or_default()
-                .entry(spawn.to_owned())
+                .entry(spawn)
                 .or_default() += value;
         }
     }
@@ -470,6 +472,39 @@ mod tests {
         let site = snapshot.sites.keys().next().unwrap();
         assert!(site.function.contains("run_leaker_job2"));
         assert_eq!(site.line, 66);
+    }
+
+    #[test]
+    fn two_spawn_sites_in_one_function_count_their_spawns_apart() {
+        // One spawner function, two `tokio::spawn` lines: 127 tasks spawned at each, 34 and 33
+        // alive. Each site kept about a quarter of what it spawned: survival is 34/127 and
+        // 33/127, not twice that (the spawn counts of the two lines are not one counter).
+        let mut builder = ProfileBuilder::new(&[("goroutine", "count")], ("goroutine", "count"), 1);
+        let reply = entry(1, "controls::await_reply::{{closure}}", "examples/c.rs", 68);
+        let timer = entry(2, "controls::await_timer::{{closure}}", "examples/c.rs", 74);
+        let spawner = "created by controls::short_lived::{{closure}}";
+        for (leaf, line, alive) in [(reply, 58, 34), (timer, 60, 33)] {
+            let created = entry(10 + u64::from(line), spawner, "examples/c.rs", line);
+            builder.add_sample_with_numbers(
+                &[leaf, created],
+                vec![alive],
+                &[("wait", "oneshot receive")],
+                &[("spawned", 127, "count")],
+            );
+        }
+        let snapshot = snapshot(&builder.build(), ProfileKind::Tasks).unwrap();
+        let survivals: Vec<f64> = snapshot
+            .sites
+            .values()
+            .map(|retained| retained.value / retained.allocated.unwrap())
+            .collect();
+        assert_eq!(survivals.len(), 2);
+        for (survival, alive) in survivals.iter().zip([34.0, 33.0]) {
+            assert!(
+                (survival - alive / 127.0).abs() < 1e-9,
+                "{survivals:?}: {alive} of 127 spawned"
+            );
+        }
     }
 
     #[test]
