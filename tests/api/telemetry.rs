@@ -841,7 +841,6 @@ async fn heap_pushes_carry_allocations_since_the_previous_push_and_add_up_to_the
         .filter(|&bytes| bytes > 0)
         .last()
         .unwrap();
-    // Equal but for rounding: in-use bytes are scaled up from the samples per age group.
     assert!(
         (latest_in_use - total).abs() <= total / 1000,
         "a leak keeps all it allocated: {latest_in_use} in use of {total}"
