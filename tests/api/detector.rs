@@ -451,7 +451,7 @@ fn scan_stopped_by(
         .prefix("leakfinder-scan-signal-")
         .tempdir()
         .unwrap();
-    let mut child = Command::new(BINARY)
+    let child = Command::new(BINARY)
         .env_clear()
         .args(["scan", url, "--duration", "60s", "--json", "--out"])
         .arg(out.path())
