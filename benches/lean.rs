@@ -302,19 +302,39 @@ fn start_up_and_idle(table: &mut Table, go: &Path) {
     table.single("idle peak / idle RSS", "x", rust, Target::AtMost(1.25));
 }
 
+/// Microseconds jemalloc's sample hooks (allocation and age tracking) have taken in the lab.
+fn tracking_cpu_us(server: &Server) -> f64 {
+    json(&server.addr, "/leak-test")["process"]["heap_tracking_cpu_us"]
+        .as_f64()
+        .expect("heap_tracking_cpu_us in /leak-test")
+}
+
 fn leak_test_throughput(table: &mut Table, go: &Path) {
     let servers = [Program::Rust, Program::Go].map(|program| program.start(go, &[]).0);
     let (mut rates, mut cpu) = ([vec![], vec![]], [vec![], vec![]]);
+    let mut tracking_share = Vec::new();
     for round in 0..ROUNDS {
         for (index, server) in servers.iter().enumerate() {
+            let tracking_before =
+                (server.program == Program::Rust).then(|| tracking_cpu_us(server));
             let before = cpu_time(server);
             let (rate, requests) = wrk(&server.addr, "/leak-test", 5);
             let used = cpu_time(server) - before;
             rates[index].push(rate);
             cpu[index].push(used.as_secs_f64() * 1000.0 / (requests.max(1) as f64 / 1000.0));
+            if let Some(tracking_before) = tracking_before {
+                let tracking = tracking_cpu_us(server) - tracking_before;
+                tracking_share.push(tracking / (used.as_secs_f64() * 1e6).max(1.0));
+            }
         }
         println!("  /leak-test round {} of {ROUNDS}", round + 1);
     }
+    table.single(
+        "allocation and age tracking's share of CPU at /leak-test load",
+        "",
+        &tracking_share,
+        Target::AtMost(0.01),
+    );
     let [rust, go] = &rates;
     table.ratio(
         "/leak-test throughput",
@@ -450,6 +470,7 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
         ("LEAK_MAX_BYTES", GIB.to_string()),
     ];
     let (mut above, mut latencies) = ([vec![], vec![]], [vec![], vec![]]);
+    let (mut tables_kib, mut tracked_live) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         for (index, program) in [Program::Rust, Program::Go].into_iter().enumerate() {
             let (server, _) = program.start(go, &env);
@@ -464,6 +485,12 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
             }
             std::thread::sleep(Duration::from_secs(1));
             above[index].push((status_bytes(&server, "VmRSS:") - GIB as f64) / MIB);
+            if program == Program::Rust {
+                // Read after the memory figures' cache (100 ms) has let the cap's last chunks in.
+                let process = &json(&server.addr, "/leak-test")["process"];
+                tables_kib.push(process["heap_tracking_bytes"].as_f64().unwrap() / 1024.0);
+                tracked_live.push(process["heap_tracking_live"].as_f64().unwrap());
+            }
             let path = match program {
                 Program::Rust => "/debug/pprof/heap",
                 Program::Go => "/debug/pprof/heap?gc=1",
@@ -481,6 +508,18 @@ fn one_gib_leaked(table: &mut Table, go: &Path) {
         }
         println!("  1 GiB round {} of {ROUNDS}", round + 1);
     }
+    table.single(
+        "allocation and age tracking tables, 1 GiB leaked",
+        "KiB",
+        &tables_kib,
+        Target::AtMost(1024.0),
+    );
+    table.single(
+        "live sampled allocations tracked, 1 GiB leaked",
+        "",
+        &tracked_live,
+        Target::None,
+    );
     let [rust, go] = &above;
     table.ratio(
         "RSS above the leaked bytes, 1 GiB",

@@ -138,11 +138,12 @@ pub struct Config {
     )]
     pub metric_export_interval_ms: u64,
 
-    /// Milliseconds between two self-profiles of the continuous leak watch (`/leak-report`).
+    /// Milliseconds between two heap profiles of the continuous leak watch (`/leak-report`); its
+    /// task profiles are as often, but at most once a second.
     #[arg(
         long,
         env = "LEAK_REPORT_INTERVAL_MS",
-        default_value_t = 5000,
+        default_value_t = 1000,
         value_parser = clap::value_parser!(u64).range(100..=600_000),
     )]
     pub leak_report_interval_ms: u64,

@@ -18,6 +18,10 @@ pub struct MemoryStats {
     pub heap_allocated_bytes: u64,
     /// Bytes in physically resident pages mapped by jemalloc (jemalloc `stats.resident`).
     pub heap_resident_bytes: u64,
+    /// Bytes held by the allocation and age tracking tables (`heap::tracking`).
+    pub heap_tracking_bytes: u64,
+    /// Live sampled allocations those tables hold.
+    pub heap_tracking_live: u64,
 }
 
 /// Reads the process's memory counters. jemalloc caches its statistics, so this advances its
@@ -26,10 +30,13 @@ pub fn memory_stats() -> MemoryStats {
     if let Err(error) = epoch::advance() {
         tracing::debug!(%error, "jemalloc epoch advance failed");
     }
+    let tracking = leakfinder_profiling::heap::tracking::stats();
     MemoryStats {
         rss_bytes: rss_bytes().unwrap_or(0),
         heap_allocated_bytes: stats::allocated::read().map_or(0, |n| n as u64),
         heap_resident_bytes: stats::resident::read().map_or(0, |n| n as u64),
+        heap_tracking_bytes: tracking.bytes as u64,
+        heap_tracking_live: tracking.live as u64,
     }
 }
 

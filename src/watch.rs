@@ -17,15 +17,12 @@ use leakfinder_detector::{Detector, Finding};
 use leakfinder_profiling::Profilers;
 use leakfinder_profiling::tasks::{self, TaskStack};
 
-/// Heap profiles kept per series: five minutes at the default interval. Task series keep
-/// [`TASK_RATE`] times as many, the same span of time (long series are reduced to block medians
-/// before the trend tests, so more points cost little).
-pub const WINDOW: usize = 60;
-/// Task profiles per heap profile: task leaks grow by a few tasks a second and a task profile
-/// costs little, so tasks are sampled often enough to be found within half a minute.
-pub const TASK_RATE: u32 = 5;
-/// The shortest interval between two task profiles.
-const MIN_TASK_INTERVAL: Duration = Duration::from_millis(200);
+/// Profiles kept per series: five minutes at the default interval of a second (long series are
+/// reduced to block medians before the trend tests, so more points cost little).
+pub const WINDOW: usize = 300;
+/// The shortest interval between two task profiles: a task profile traces every parked task
+/// (12 ms for 10,000 of them), so it is taken at most once a second, however often the heap is.
+const MIN_TASK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Alive tasks spawned at one site.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, poem_openapi::Object)]
@@ -53,7 +50,7 @@ pub struct WatchReport {
     pub interval_ms: u64,
     /// Milliseconds between two task profiles.
     pub task_interval_ms: u64,
-    /// Heap profiles the analysis looks back over (task profiles: [`TASK_RATE`] times as many).
+    /// Profiles of each kind the analysis looks back over.
     pub window: u64,
     /// Alive tasks by spawn site in the latest task profile, most first.
     pub tasks_by_spawn_site: Vec<SpawnSiteTasks>,
@@ -67,9 +64,10 @@ pub struct LeakWatch {
 }
 
 impl LeakWatch {
-    /// A watch that profiles the heap every `interval`, and tasks [`TASK_RATE`] times as often.
+    /// A watch that profiles the heap every `interval`, and tasks as often but at most once a
+    /// second.
     pub fn new(interval: Duration) -> Self {
-        let task_interval = (interval / TASK_RATE).max(MIN_TASK_INTERVAL).min(interval);
+        let task_interval = interval.max(MIN_TASK_INTERVAL);
         Self {
             interval,
             task_interval,
@@ -99,8 +97,8 @@ impl LeakWatch {
         let mut heap = Detector::new(WINDOW);
         // Tasks by the await they are parked at (or their spawn site, where no await is known),
         // and by spawn site alone: a leak split over several awaits still rises at its spawn.
-        let mut awaits = Detector::new(WINDOW * TASK_RATE as usize);
-        let mut spawns = Detector::new(WINDOW * TASK_RATE as usize);
+        let mut awaits = Detector::new(WINDOW);
+        let mut spawns = Detector::new(WINDOW);
         let (mut heap_findings, mut task_findings) = (Vec::new(), Vec::new());
         let started = Instant::now();
         let mut heap_ticks = tokio::time::interval(self.interval);
@@ -342,10 +340,10 @@ mod tests {
     }
 
     #[test]
-    fn the_task_interval_is_a_fifth_of_the_heap_interval_within_bounds() {
+    fn tasks_are_profiled_as_often_as_the_heap_but_at_most_once_a_second() {
         let interval = |ms| LeakWatch::new(Duration::from_millis(ms)).task_interval;
-        assert_eq!(interval(5000), Duration::from_secs(1));
-        assert_eq!(interval(500), Duration::from_millis(200));
-        assert_eq!(interval(100), Duration::from_millis(100));
+        assert_eq!(interval(5000), Duration::from_secs(5));
+        assert_eq!(interval(1000), Duration::from_secs(1));
+        assert_eq!(interval(100), Duration::from_secs(1));
     }
 }

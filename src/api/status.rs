@@ -98,6 +98,16 @@ pub struct ProcessState {
     /// it sampled, and the sampler thread. Against the process's CPU time over a profile, this
     /// is the share a profile takes from the service.
     pub cpu_sampling_cpu_us: u64,
+    /// Time jemalloc's sample hooks have taken since start (allocation and age tracking: one
+    /// call per sampled allocation and per free of one, on whichever thread allocates), in
+    /// microseconds. Against the process's CPU time, the share tracking costs.
+    pub heap_tracking_cpu_us: u64,
+    /// Calls of those hooks since start.
+    pub heap_tracking_calls: u64,
+    /// Bytes the tracking tables hold (refreshed with the memory figures).
+    pub heap_tracking_bytes: u64,
+    /// Live sampled allocations they track (refreshed with the memory figures).
+    pub heap_tracking_live: u64,
 }
 
 /// How the leaks grow.
@@ -174,6 +184,7 @@ impl StatusApi {
         let leaks = &self.state.leaks;
         let reading = self.state.memory.read();
         let memory = reading.stats;
+        let tracking_cost = leakfinder_profiling::heap::tracking::cost();
         let settings = leaks.settings();
         Json(LeakReport {
             leaks: LeakStates {
@@ -194,6 +205,10 @@ impl StatusApi {
                 cpu_sampling: leakfinder_profiling::sigprof::running(),
                 cpu_sampling_cpu_us: self.state.profilers.cpu_sampling_cpu_time().as_micros()
                     as u64,
+                heap_tracking_cpu_us: tracking_cost.0.as_micros() as u64,
+                heap_tracking_calls: tracking_cost.1,
+                heap_tracking_bytes: memory.heap_tracking_bytes,
+                heap_tracking_live: memory.heap_tracking_live,
             },
             settings: LeakSettingsView {
                 chunk_bytes: settings.chunk_bytes as u64,

@@ -501,3 +501,93 @@ async fn a_leak_that_ran_a_minute_and_one_that_stopped_are_named_from_the_first_
         );
     }
 }
+
+/// Runs `leakfinder scan URL ... --json --out DIR`, sends `signal` after `after`, and returns
+/// the exit code, stdout, how long the scan took from the signal to its exit, and the directory.
+fn scan_stopped_by(
+    url: &str,
+    signal: &str,
+    after: Duration,
+) -> (Option<i32>, String, Duration, tempfile::TempDir) {
+    let out = tempfile::Builder::new()
+        .prefix("leakfinder-scan-signal-")
+        .tempdir()
+        .unwrap();
+    let child = Command::new(BINARY)
+        .env_clear()
+        .args(["scan", url, "--duration", "60s", "--json", "--out"])
+        .arg(out.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let signalled = std::time::Instant::now();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        signalled.elapsed(),
+        out,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_scan_prints_what_it_found_so_far_and_keeps_its_profiles() {
+    // A leak found before the stop: the summary lists it, exit 1.
+    let app = default_rates();
+    app.get_json("/start-leak/slice", 200).await;
+    let base = app.base.clone();
+    let (code, stdout, took, out) =
+        tokio::task::spawn_blocking(move || scan_stopped_by(&base, "INT", Duration::from_secs(8)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    let summary = crate::helpers::scan_summary(&stdout).expect("a summary line");
+    assert_eq!(summary["interrupted"], "SIGINT", "{summary}");
+    assert!(
+        summary["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["function"].as_str().unwrap().starts_with(SLICE)),
+        "{summary}"
+    );
+    assert!(
+        crate::helpers::first_finding_at(&stdout).is_some(),
+        "printed as found"
+    );
+    for name in [
+        "heap-first.pb.gz",
+        "heap-last.pb.gz",
+        "goroutine-first.pb.gz",
+    ] {
+        assert!(out.path().join(name).exists(), "{name} kept");
+    }
+
+    // Nothing found yet, and a target that hangs: SIGTERM still ends it at once, exit 143.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let (code, stdout, took, _out) =
+        tokio::task::spawn_blocking(move || scan_stopped_by(&url, "TERM", Duration::from_secs(2)))
+            .await
+            .unwrap();
+    drop(hung);
+    assert_eq!(code, Some(143), "{stdout}");
+    let summary = crate::helpers::scan_summary(&stdout).expect("a summary line");
+    assert_eq!(summary["interrupted"], "SIGTERM");
+    assert_eq!(summary["findings"], serde_json::json!([]));
+    let summary = crate::helpers::scan_summary(&stdout).expect("a summary line");
+    assert_eq!(summary["interrupted"], "SIGTERM");
+    assert_eq!(summary["findings"], serde_json::json!([]));
+    assert!(
+        took < Duration::from_secs(2),
+        "not held up by the hung fetch: {took:?}"
+    );
+}

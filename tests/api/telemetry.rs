@@ -758,15 +758,93 @@ fn dropped_counter(taken: &[Received]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The pprof time stamps of the pushed profiles of `kind` (`__name__`), oldest first.
+/// The pprof time stamps of the pushed snapshots of `kind` (`__name__`), oldest first: profiles
+/// with an in-use value (a heap push at exit that carries only the allocations since the
+/// previous push is no snapshot).
 fn stamps(taken: &[Received], kind: &str) -> Vec<i64> {
     let mut stamps: Vec<i64> = pushes(taken)
         .into_iter()
         .filter(|(labels, _)| labels["__name__"] == kind)
-        .map(|(_, raw)| leakfinder_pprof::decode(&raw, 64 << 20).unwrap().time_nanos)
+        .map(|(_, raw)| leakfinder_pprof::decode(&raw, 64 << 20).unwrap())
+        .filter(|profile| {
+            let name = |index: i64| profile.string_table[index as usize].as_str();
+            let in_use: Vec<usize> = (0..profile.sample_type.len())
+                .filter(|&c| !name(profile.sample_type[c].r#type).starts_with("alloc_"))
+                .collect();
+            profile
+                .sample
+                .iter()
+                .any(|sample| in_use.iter().any(|&c| sample.value[c] != 0))
+        })
+        .map(|profile| profile.time_nanos)
         .collect();
     stamps.sort_unstable();
     stamps
+}
+
+/// Heap pushes carry what was allocated since the previous push, as Go's agent does (Pyroscope
+/// adds up the profiles of a range) and say so (`__delta__="false"`): over every push, the last
+/// at exit included, the slice leak's pushed allocations add up to what `/debug/pprof/allocs`
+/// counts since the start, while each push's in-use bytes are the snapshot.
+#[tokio::test]
+async fn heap_pushes_carry_allocations_since_the_previous_push_and_add_up_to_the_total() {
+    let receiver = Receiver::start().await;
+    let app = spawn_with(
+        &quiet_export_env(&receiver.url(), 3600, 1),
+        &[
+            ("LEAK_CHUNK_BYTES", "1048576"),
+            ("LEAK_INTERVAL_MS", "20"),
+            ("LEAK_MAX_BYTES", &(64u64 << 20).to_string()),
+        ],
+    );
+    app.get_json("/start-leak/slice", 200).await;
+    app.wait_for(Duration::from_secs(30), "the leak to cap", |report| {
+        report["leaks"]["slice"]["capped"] == true
+    })
+    .await;
+    // A few pushes after the cap: nothing more is allocated at the leak's line.
+    receiver
+        .wait_for(PUSH_PATH, Duration::from_secs(30), |taken| {
+            stamps(taken, "memory").len() >= 4
+        })
+        .await;
+    let allocs = app.get("/debug/pprof/allocs").await.bytes().await.unwrap();
+    let total = total_at(&allocs, "alloc_space", "run_leaker_job1_simple_slice");
+    assert!(total > 32 << 20, "{total}");
+    let (app, stopped) = tokio::task::spawn_blocking(move || {
+        let mut app = app;
+        let stopped = app.terminate(Duration::from_secs(10));
+        (app, stopped)
+    })
+    .await
+    .unwrap();
+    assert!(stopped.expect("it stops").0.success(), "{:#?}", app.logs());
+    let heap: Vec<(BTreeMap<String, String>, Vec<u8>)> = pushes(&receiver.taken(PUSH_PATH))
+        .into_iter()
+        .filter(|(labels, _)| labels["__name__"] == "memory")
+        .collect();
+    assert!(
+        heap.iter()
+            .all(|(labels, _)| labels["__delta__"] == "false")
+    );
+    let pushed: i64 = heap
+        .iter()
+        .map(|(_, raw)| total_at(raw, "alloc_space", "run_leaker_job1_simple_slice"))
+        .sum();
+    // Equal but for rounding: values are scaled up from the samples per sample, and rounded.
+    assert!(
+        (pushed - total).abs() <= total / 1000,
+        "the deltas add up to the total since the start: {pushed} pushed, {total} counted"
+    );
+    let latest_in_use = heap
+        .iter()
+        .map(|(_, raw)| total_at(raw, "inuse_space", "run_leaker_job1_simple_slice"))
+        .rfind(|&bytes| bytes > 0)
+        .unwrap();
+    assert!(
+        (latest_in_use - total).abs() <= total / 1000,
+        "a leak keeps all it allocated: {latest_in_use} in use of {total}"
+    );
 }
 
 /// Credentials as environment, the `Authorization` they make, the secret in them, and their kind.

@@ -968,4 +968,184 @@ mod tests {
     fn the_first_sample_of_a_scan_is_at_zero() {
         assert_eq!(seconds_since(std::time::Instant::now()), 0.0);
     }
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    /// A heap snapshot of one site with survival evidence: `retained` of `allocated`, its live
+    /// bytes by age `(seconds, bytes)`, from `samples` sampled allocations.
+    fn evidenced(retained: f64, allocated: f64, ages: Vec<(f64, f64)>, samples: f64) -> Snapshot {
+        let mut snapshot = snapshot(ProfileKind::Heap, &[("app::site", retained)]);
+        for value in snapshot.sites.values_mut() {
+            value.allocated = Some(allocated);
+            value.ages = ages.clone();
+            value.samples = samples;
+        }
+        snapshot
+    }
+
+    fn spread(from: f64, to: f64, total: f64) -> Vec<(f64, f64)> {
+        (0..100)
+            .map(|i| (to + (from - to) * f64::from(i) / 99.0, total / 100.0))
+            .collect()
+    }
+
+    #[test]
+    fn one_profile_of_a_site_that_kept_what_it_allocated_over_a_minute_is_a_leak() {
+        let mut detector = Detector::new(60);
+        detector.observe(
+            0.0,
+            &evidenced(
+                600.0 * MIB,
+                600.0 * MIB,
+                spread(60.0, 0.0, 600.0 * MIB),
+                520.0,
+            ),
+        );
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let evidence = &findings[0].evidence;
+        assert_eq!((evidence.test.as_str(), evidence.held), ("age", false));
+        assert_eq!(evidence.survival, Some(1.0));
+        let ages = evidence.ages.unwrap();
+        assert_eq!((ages.youngest_seconds, ages.oldest_seconds), (0.0, 60.0));
+
+        // The same memory, allocated five minutes ago and kept since: held.
+        let mut held = Detector::new(60);
+        held.observe(
+            0.0,
+            &evidenced(
+                600.0 * MIB,
+                600.0 * MIB,
+                spread(360.0, 300.0, 600.0 * MIB),
+                520.0,
+            ),
+        );
+        let findings = held.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].evidence.held);
+        assert_eq!(findings[0].evidence.recent_rate_per_second, 0.0);
+    }
+
+    #[test]
+    fn a_site_that_holds_only_young_memory_is_not_a_leak_whatever_its_curve() {
+        // Sampled sizes that happen to rise for a minute, at a site whose oldest live
+        // allocation is 6 s old: it frees what it allocates (a cache turning over).
+        let mut detector = Detector::new(120);
+        for i in 0..60 {
+            let t = f64::from(i);
+            let bytes = 8.0 * MIB + 0.2 * MIB * t;
+            detector.observe(
+                t,
+                &evidenced(
+                    bytes,
+                    100.0 * MIB + 2.0 * MIB * t,
+                    spread(6.0, 0.0, bytes),
+                    300.0,
+                ),
+            );
+        }
+        assert!(detector.findings().is_empty(), "{:#?}", detector.findings());
+        // The same curve with its oldest memory as old as the watch: a leak.
+        let mut detector = Detector::new(120);
+        for i in 0..60 {
+            let t = f64::from(i);
+            let bytes = 8.0 * MIB + 0.2 * MIB * t;
+            detector.observe(
+                t,
+                &evidenced(
+                    bytes,
+                    30.0 * MIB + 0.2 * MIB * t,
+                    spread(t + 20.0, 0.0, bytes),
+                    60.0,
+                ),
+            );
+        }
+        assert_eq!(detector.findings().len(), 1);
+    }
+
+    #[test]
+    fn goroutines_that_turn_over_are_not_a_leak_and_ones_that_stay_are() {
+        // A ramp of 5 s goroutines, 13 a second: 13, 26, ... 65, then 64 to 66 as they end at
+        // the rate they start (the count a 1 s profile sees wobbles with the phase).
+        let wobble = [
+            0i64, 1, -1, 1, 0, 1, -1, 0, 1, 1, 0, -1, 1, 0, 1, 1, 0, 1, 1, 1,
+        ];
+        let observe = |ids: Option<bool>| {
+            let mut detector = Detector::new(usize::MAX);
+            let mut next_id = 0u64;
+            let mut alive: Vec<u64> = Vec::new();
+            for i in 0..25usize {
+                for _ in 0..13 {
+                    alive.push(next_id);
+                    next_id += 1;
+                }
+                let keep = if i < 5 {
+                    alive.len()
+                } else {
+                    (65 + wobble[i - 5]) as usize
+                };
+                if ids != Some(false) && alive.len() > keep {
+                    alive.drain(..alive.len() - keep);
+                }
+                let count = if ids == Some(false) {
+                    alive.len()
+                } else {
+                    keep.min(alive.len())
+                };
+                let mut snapshot = snapshot(ProfileKind::Tasks, &[("main.worker", count as f64)]);
+                snapshot.go = true;
+                if ids.is_some() {
+                    for site in snapshot.sites.values_mut() {
+                        site.ids = alive.clone();
+                    }
+                }
+                detector.observe(i as f64, &snapshot);
+            }
+            detector.findings()
+        };
+        // Counts alone: the wobble's late floor steps look like a ratchet that has not settled.
+        let counts_only = observe(None);
+        assert_eq!(
+            counts_only.len(),
+            1,
+            "the false positive the ids remove: {counts_only:#?}"
+        );
+        assert_eq!(counts_only[0].evidence.test, "ratchet");
+        // With the dump's ids: the goroutines seen are replaced, not kept.
+        let turning_over = observe(Some(true));
+        assert!(turning_over.is_empty(), "{turning_over:#?}");
+        // Goroutines that are all kept: a leak, all of them still there.
+        let kept = observe(Some(false));
+        assert_eq!(kept.len(), 1, "{kept:#?}");
+        assert_eq!(kept[0].evidence.survival, Some(1.0));
+    }
+
+    #[test]
+    fn a_held_rise_too_small_to_judge_alone_asks_for_allocation_counts() {
+        let mut detector = Detector::new(24);
+        let mut values = vec![
+            4.5, 6.0, 6.5, 7.5, 8.5, 9.0, 11.0, 11.5, 13.0, 13.0, 13.0, 13.5,
+        ];
+        values.extend([13.5; 12]);
+        for (i, value) in values.iter().enumerate() {
+            detector.observe(
+                15.0 * i as f64,
+                &snapshot(ProfileKind::Heap, &[("app::audit", value * MIB)]),
+            );
+        }
+        assert!(
+            detector.findings().is_empty(),
+            "unproven: too small without counts"
+        );
+        let wanted = detector.needing_allocations();
+        assert_eq!(wanted.len(), 1);
+        // Counts that kept pace: held. (Counts that churned would leave it quiet.)
+        detector.attach_allocations(ProfileKind::Heap, &wanted[0], |t| {
+            Some(values[(t / 15.0) as usize] * MIB)
+        });
+        let findings = detector.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].evidence.test, "held");
+        assert!(detector.needing_allocations().is_empty());
+    }
 }

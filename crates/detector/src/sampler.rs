@@ -142,43 +142,33 @@ impl Sampler {
     /// goroutine with its id and wait), as text.
     pub fn goroutine_dump(&self) -> Result<String, FetchError> {
         let url = format!("{}/debug/pprof/goroutine?debug=2", self.target.base);
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .map_err(|error| classify(&url, &error))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(FetchError::Status { url, status });
-        }
-        let mut bytes = Vec::new();
-        response
-            .take(MAX_DOWNLOAD_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::TimedOut => FetchError::Timeout { url: url.clone() },
-                _ => FetchError::Transport {
-                    url: url.clone(),
-                    reason: error.to_string(),
-                },
-            })?;
-        if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
-            return Err(FetchError::NotPprof {
-                url,
-                content_type: "text".into(),
-                reason: format!("larger than {MAX_DOWNLOAD_BYTES} bytes"),
-            });
-        }
+        let (bytes, _) = self.get(url)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Fetches and decodes one profile; the raw bytes are returned too, to be saved.
     pub fn fetch(&self, kind: ProfileKind) -> Result<(Vec<u8>, Profile), FetchError> {
         let url = self.target.url(kind);
-        let transport = |reason: String| FetchError::Transport {
-            url: url.clone(),
-            reason,
-        };
+        let (bytes, content_type) = self.get(url.clone())?;
+        let profile =
+            pprof::decode(&bytes, MAX_PROFILE_BYTES).map_err(|error| FetchError::NotPprof {
+                url: url.clone(),
+                content_type: content_type.clone(),
+                reason: error.to_string(),
+            })?;
+        if profile.sample_type.is_empty() {
+            return Err(FetchError::NotPprof {
+                url,
+                content_type,
+                reason: "it has no sample types".into(),
+            });
+        }
+        Ok((bytes, profile))
+    }
+
+    /// GETs `url`: its body, read up to [`MAX_DOWNLOAD_BYTES`], and its content type. Anything
+    /// but a 200 is an error.
+    fn get(&self, url: String) -> Result<(Vec<u8>, String), FetchError> {
         let response = self
             .client
             .get(&url)
@@ -200,7 +190,10 @@ impl Sampler {
             .read_to_end(&mut bytes)
             .map_err(|error| match error.kind() {
                 std::io::ErrorKind::TimedOut => FetchError::Timeout { url: url.clone() },
-                _ => transport(error.to_string()),
+                _ => FetchError::Transport {
+                    url: url.clone(),
+                    reason: error.to_string(),
+                },
             })?;
         if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
             return Err(FetchError::NotPprof {
@@ -209,20 +202,7 @@ impl Sampler {
                 reason: format!("larger than {MAX_DOWNLOAD_BYTES} bytes"),
             });
         }
-        let profile =
-            pprof::decode(&bytes, MAX_PROFILE_BYTES).map_err(|error| FetchError::NotPprof {
-                url: url.clone(),
-                content_type: content_type.clone(),
-                reason: error.to_string(),
-            })?;
-        if profile.sample_type.is_empty() {
-            return Err(FetchError::NotPprof {
-                url,
-                content_type,
-                reason: "it has no sample types".into(),
-            });
-        }
-        Ok((bytes, profile))
+        Ok((bytes, content_type))
     }
 }
 

@@ -362,6 +362,22 @@ mod tests {
         assert_eq!(findings[0].first_seen_seconds, 0.0);
     }
 
+    /// The smallest range fleet accepts, 8 windows, is enough for a steady heap leak (issue 21,
+    /// item 2: the trend's recent part had 5 points there, which could never pass).
+    #[test]
+    fn a_steady_heap_leak_over_eight_windows_is_found() {
+        let range = Range::new(S, S + 8 * 15_000, Duration::from_secs(15)).unwrap();
+        assert_eq!(range.windows().len(), 8);
+        let mut series = Series::new(range.clone());
+        for (k, window) in range.windows().into_iter().enumerate() {
+            let profile = heap(&[("app::leak", (1 << 20) * 15 * (k as i64 + 1))]);
+            assert!(series.fold(window, ProfileKind::Heap, &profile).unwrap());
+        }
+        let findings = series.findings();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].evidence.test, "trend");
+    }
+
     #[test]
     fn an_empty_window_is_skipped_not_read_as_zero() {
         let range = range();

@@ -507,6 +507,7 @@ fn scan(args: &ScanArgs) -> Result<Outcome, ScanError> {
     if watched.iter().all(|profile| profile.last.is_none()) {
         if let Some(signal) = interrupted {
             eprintln!("leakfinder scan: stopped by {signal} before any profile was taken");
+            print_summary(args, &sampler, samples, started, interrupted, &out, &[]);
             return Ok(Outcome {
                 findings: Vec::new(),
                 interrupted,
@@ -524,20 +525,15 @@ fn scan(args: &ScanArgs) -> Result<Outcome, ScanError> {
             .cmp(&(a.unit == "bytes"))
             .then(b.rate_per_second.total_cmp(&a.rate_per_second))
     });
-    let summary = Summary {
-        target: sampler.target().base(),
+    print_summary(
+        args,
+        &sampler,
         samples,
-        elapsed_seconds: started.elapsed().as_secs_f64(),
+        started,
         interrupted,
-        profiles: out.display().to_string(),
-        findings: &findings,
-    };
-    let mut stdout = std::io::stdout().lock();
-    let _ = if args.json {
-        writeln!(stdout, "{}", report::summary_line(&summary))
-    } else {
-        write!(stdout, "{}", report::render_summary(&summary, &out))
-    };
+        &out,
+        &findings,
+    );
     Ok(Outcome {
         findings: findings
             .into_iter()
@@ -545,6 +541,32 @@ fn scan(args: &ScanArgs) -> Result<Outcome, ScanError> {
             .collect(),
         interrupted,
     })
+}
+
+/// Prints the closing summary: text, or the `"summary"` JSON line.
+fn print_summary(
+    args: &ScanArgs,
+    sampler: &Sampler,
+    samples: usize,
+    started: Instant,
+    interrupted: Option<&str>,
+    out: &Path,
+    findings: &[Reported],
+) {
+    let summary = Summary {
+        target: sampler.target().base(),
+        samples,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+        interrupted,
+        profiles: out.display().to_string(),
+        findings,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = if args.json {
+        writeln!(stdout, "{}", report::summary_line(&summary))
+    } else {
+        write!(stdout, "{}", report::render_summary(&summary, out))
+    };
 }
 
 /// Saves the latest profile of each kind (a Go target's goroutine profile is fetched for it:

@@ -352,6 +352,15 @@ pub struct Stats {
     pub untracked: u64,
 }
 
+/// Time spent in the hooks so far, and their calls: two atomics, cheap enough for a status page
+/// polled in a loop (see [`stats`] for the tables, which takes their lock).
+pub fn cost() -> (Duration, u64) {
+    (
+        Duration::from_nanos(HOOK_NANOS.load(Ordering::Relaxed)),
+        HOOK_CALLS.load(Ordering::Relaxed),
+    )
+}
+
 /// What tracking has cost so far, and what its tables hold.
 pub fn stats() -> Stats {
     let _unsampled = super::super::jemalloc::UnsampledThread::begin();

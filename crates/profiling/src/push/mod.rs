@@ -12,6 +12,10 @@
 //!   previous is at least an interval old (its CPU windows are always pushed).
 //! - **Labels Pyroscope keeps** ([`labels`]): numeric sample labels are dropped by Pyroscope, so
 //!   the pushed copies carry a numeric `age` as a coarse string and drop the other numbers.
+//! - **Allocations as deltas** ([`deltas`]): each heap push's `alloc_*` values are what was
+//!   allocated since the previous push (series label `__delta__="false"`), as Go's agent sends
+//!   them; the last push at shutdown always carries the allocations since the previous one, with
+//!   in-use values only when they cannot share a window with the previous snapshot.
 //!
 //! What the `pyroscope` crate's agent, used before, did not do:
 //! - **Nothing is lost to an outage.** A push that fails stays in a queue bounded by count and
@@ -38,6 +42,7 @@ use pyroscope::encode::r#gen::push::{PushRequest, RawProfileSeries, RawSample};
 use pyroscope::encode::r#gen::types::LabelPair;
 use tokio::sync::broadcast;
 
+pub mod deltas;
 pub mod labels;
 
 use crate::Profilers;
@@ -297,6 +302,7 @@ impl ProfilePush {
             heap_every: settings.heap_every,
             profilers: Arc::clone(profilers),
             last_snapshot: None,
+            deltas: deltas::AllocDeltas::default(),
             stats,
             queue: Queue::default(),
             sequence: 0,
@@ -406,6 +412,8 @@ struct Pusher {
     profilers: Arc<Profilers>,
     /// When the latest heap and task snapshots were due.
     last_snapshot: Option<Instant>,
+    /// The previous heap push's allocation totals.
+    deltas: deltas::AllocDeltas,
     stats: Arc<PushStats>,
     queue: Queue,
     sequence: u64,
@@ -493,16 +501,25 @@ impl Pusher {
     ) {
         self.collect_cpu(true);
         let now = Instant::now();
-        // Sooner, they would land in the window of the latest snapshots and read double there.
-        // (Allocation deltas since the latest push, when the heap profile has them, could still
-        // go out here with zero in-use values: the alloc-delta push's business.)
+        // Sooner, they would land in the window of the latest snapshots and read double there;
+        // what was allocated since the latest push goes out alone (in-use values left out).
         if self
             .last_snapshot
             .is_none_or(|last| now.duration_since(last) >= self.heap_every)
         {
             self.collect_snapshots(now, runtime);
         } else {
-            tracing::debug!("the latest heap and task profiles are recent: none at exit");
+            tracing::debug!(
+                "the latest heap and task profiles are recent: allocations only at exit"
+            );
+            match heap::dump(&self.profilers.symbols) {
+                Ok(mut profile) => {
+                    if self.deltas.apply(&mut profile, true) && !profile.sample.is_empty() {
+                        self.enqueue_snapshot(HEAP_PROFILE, profile, unix_nanos(now));
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "no heap profile to push at exit"),
+            }
         }
         let profiles = self.queue.pushes.len();
         self.send_queued(client, Some(deadline));
@@ -562,7 +579,10 @@ impl Pusher {
         self.last_snapshot = Some(due);
         let stamp = unix_nanos(due);
         match heap::dump(&self.profilers.symbols) {
-            Ok(profile) => self.enqueue_snapshot(HEAP_PROFILE, profile, stamp),
+            Ok(mut profile) => {
+                self.deltas.apply(&mut profile, false);
+                self.enqueue_snapshot(HEAP_PROFILE, profile, stamp);
+            }
             Err(error) => tracing::warn!(%error, "no heap profile to push this round"),
         }
         let Some(runtime) = runtime else {
@@ -585,7 +605,10 @@ impl Pusher {
     /// Wraps a gzipped pprof profile in a push request and queues it.
     fn enqueue(&mut self, profile_type: &'static str, raw_profile: Vec<u8>) {
         self.sequence += 1;
+        // A heap push's allocations are deltas already (see [`deltas`]).
+        let delta = (profile_type == HEAP_PROFILE).then(|| ("__delta__", "false".to_owned()));
         let labels = std::iter::once(("__name__", profile_type.to_owned()))
+            .chain(delta)
             .chain(
                 self.labels
                     .iter()
