@@ -286,6 +286,9 @@ pub struct HeldThresholds {
     pub min_steps: usize,
     /// The least rate over the rise (from its first to its last step).
     pub min_rate: f64,
+    /// The least time the rise took, from the profile before its first step to its last step
+    /// (seconds): a table or cache filled once, in a few seconds, keeps all it allocated too.
+    pub min_duration: f64,
     /// The most of the rise the series may give back in drops.
     pub give_back: f64,
     /// The least part of what was allocated over the window that must still be alive.
@@ -300,6 +303,7 @@ impl HeldThresholds {
         min_rise_unproven: 32.0 * 1024.0 * 1024.0,
         min_steps: 3,
         min_rate: 32.0 * 1024.0,
+        min_duration: 15.0,
         give_back: 0.25,
         min_survival: 0.8,
     };
@@ -357,7 +361,7 @@ pub fn held(
         .expect("there are steps");
     let duration = steps[steps.len() - 1] - points[first_step - 1].t;
     let rate = if duration > 0.0 { rise / duration } else { 0.0 };
-    if rate < thresholds.min_rate {
+    if rate < thresholds.min_rate || duration < thresholds.min_duration {
         return None;
     }
     let survival = match allocated {
@@ -555,6 +559,12 @@ mod tests {
         // A table built at once: one step.
         let table = points(&[0.0, 0.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0].map(|v| v * MIB));
         assert_eq!(held(&table, Some(&table), &HeldThresholds::HEAP), None);
+        // A cache filled once in 3 s and kept whole (the corpus's ctl_warmupcache, seen from
+        // its start at 1 s profiles): every step kept, but too quick to be a leak that stopped.
+        let mut filled = vec![0.4, 1.1, 1.6, 2.0];
+        filled.extend([2.0; 20]);
+        let filled = points(&filled.iter().map(|v| v * MIB).collect::<Vec<_>>());
+        assert_eq!(held(&filled, Some(&filled), &HeldThresholds::HEAP), None);
         // Memory that rose and came back down (a burst).
         let burst = points(&[0.0, 30.0, 60.0, 90.0, 60.0, 30.0, 0.0, 0.0].map(|v| v * MIB));
         assert_eq!(held(&burst, Some(&burst), &HeldThresholds::HEAP), None);
