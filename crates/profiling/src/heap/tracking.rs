@@ -15,7 +15,7 @@
 //! # Why the hooks cannot deadlock or recurse
 //! The hooks run inside `malloc` and `free`, on any thread, with jemalloc's reentrancy guard
 //! set: what they allocate is served from arena 0 and never sampled, so they never call
-//! themselves. They hold no jemalloc lock when called, take one lock of their own ([`TRACKER`]),
+//! themselves. They hold no jemalloc lock when called, take one lock of their own (the tracker's),
 //! and free nothing that was sampled (their tables are allocated inside hooks, unsampled). The
 //! only other holder of that lock is [`snapshot`], which runs with sampling off on its thread
 //! ([`super::super::jemalloc::UnsampledThread`]) and, while it holds the lock, only allocates
