@@ -127,6 +127,11 @@ pub enum SnapshotError {
     },
 }
 
+/// The most frames read from one sample's stack, leaf first (Go records at most 128 return
+/// addresses, each a few frames with inlining); a deeper stack is cut at its root end, so one
+/// sample of many ids into a location of many lines cannot make a stack of millions of frames.
+pub const MAX_FRAMES: usize = 1024;
+
 /// The numeric label leakfinder's heap and task profiles give a sample's mean age (seconds).
 pub const AGE_LABEL: &str = "age";
 /// The numeric label leakfinder's task profile gives every sample: tasks ever spawned at its
@@ -329,7 +334,7 @@ impl<'a> View<'a> {
         }
     }
 
-    /// A sample's frames, leaf first: `(function, file, line)`.
+    /// A sample's frames, leaf first: `(function, file, line)`, at most [`MAX_FRAMES`].
     fn frames(&self, sample: &leakfinder_pprof::Sample) -> Vec<(&'a str, &'a str, i64)> {
         sample
             .location_id
@@ -340,6 +345,7 @@ impl<'a> View<'a> {
                 let (function, file) = self.functions.get(&line.function_id)?;
                 Some((*function, *file, line.line))
             })
+            .take(MAX_FRAMES)
             .collect()
     }
 }
@@ -542,6 +548,38 @@ mod tests {
         profile.string_table.truncate(2);
         let _ = snapshot(&profile, ProfileKind::Heap);
         let _ = snapshot(&profile, ProfileKind::Tasks);
+    }
+
+    #[test]
+    fn a_sample_of_many_ids_into_a_location_of_many_lines_is_cut_not_read_whole() {
+        // 4 000 ids of one location of 4 000 lines: 16 KB on the wire, 16 million frames.
+        let mut profile =
+            ProfileBuilder::new(&[("inuse_space", "bytes")], ("space", "bytes"), 1).build();
+        profile.string_table.push("app::deep".into());
+        profile.function.push(leakfinder_pprof::Function {
+            id: 1,
+            name: profile.string_table.len() as i64 - 1,
+            ..Default::default()
+        });
+        let line = leakfinder_pprof::Line {
+            function_id: 1,
+            line: 7,
+            column: 0,
+        };
+        profile.location.push(leakfinder_pprof::Location {
+            id: 1,
+            line: vec![line; 4000],
+            ..Default::default()
+        });
+        profile.sample.push(leakfinder_pprof::Sample {
+            location_id: vec![1; 4000],
+            value: vec![1024],
+            label: vec![],
+        });
+        let snapshot = snapshot(&profile, ProfileKind::Heap).unwrap();
+        let retained = &snapshot.sites.values().next().unwrap();
+        assert_eq!(retained.stack.len(), MAX_FRAMES);
+        assert_eq!(retained.value, 1024.0);
     }
 
     #[test]

@@ -390,17 +390,22 @@ impl Table {
         let field = |at: usize| read_u32(&header, at).map(u64::from).ok_or_else(format);
         let (segments, scopes, strings, id_len) = (field(8)?, field(12)?, field(16)?, field(20)?);
         let base = u64::from_le_bytes(header[24..32].try_into().map_err(|_| format())?);
-        if read(HEADER as u64, id_len as usize)? != build_id {
-            return Err(TableError::Stale {
-                path: path.to_owned(),
-            });
-        }
+        // Every size is checked against the file's before anything of that size is read: a
+        // corrupt header's counts (up to 2^32 each) must not become allocations.
         let segments_at = (HEADER as u64 + id_len).next_multiple_of(8);
         let directory_at = segments_at + segments * 16;
         let blocks = segments.div_ceil(BLOCK as u64);
         let scopes_at = directory_at + blocks * 4;
         let offsets_at = scopes_at + scopes * 16;
         let strings_at = offsets_at + (strings + 1) * 4;
+        if strings_at > length {
+            return Err(format());
+        }
+        if read(HEADER as u64, id_len as usize)? != build_id {
+            return Err(TableError::Stale {
+                path: path.to_owned(),
+            });
+        }
         let string_bytes = read_u32(&read(strings_at - 4, 4)?, 0).ok_or_else(format)?;
         if length != strings_at + u64::from(string_bytes) || segments == 0 {
             return Err(format());
@@ -473,8 +478,13 @@ impl Table {
         let to = u64::from(u32::from_le_bytes([
             bounds[4], bounds[5], bounds[6], bounds[7],
         ]));
-        let mut text = vec![0; to.saturating_sub(from) as usize];
-        match self.read(&self.strings, self.strings.start + from, &mut text) {
+        // Within the strings before anything is allocated: a corrupt offset claims up to 4 GiB.
+        let at = self.strings.start + from;
+        if to < from || at + (to - from) > self.strings.end {
+            return String::new();
+        }
+        let mut text = vec![0; (to - from) as usize];
+        match self.read(&self.strings, at, &mut text) {
             Some(()) => String::from_utf8(text)
                 .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
             None => String::new(),
@@ -527,7 +537,10 @@ impl Table {
         } else {
             start.checked_add(1)?
         };
-        if scope == NONE {
+        // A corrupt table's segments may be out of order, or its last one hold code: a span
+        // that would not hold the address (or ends past the address space) is no answer.
+        let span = self.base + u64::from(start)..self.base.checked_add(u64::from(end))?;
+        if scope == NONE || !span.contains(&address) {
             return None;
         }
         let mut frames = Vec::new();
@@ -545,7 +558,6 @@ impl Table {
             }
             (scope, file, line) = (parent, call_file, call_line);
         }
-        let span = self.base + u64::from(start)..self.base + u64::from(end);
         Some((frames, span))
     }
 }
@@ -650,5 +662,144 @@ mod tests {
             Table::open(&path, b"build-a"),
             Err(TableError::Format { .. })
         ));
+    }
+
+    /// The largest single allocation made on this thread since [`largest::reset`]: what a
+    /// corrupt table's header could make the reader allocate.
+    mod largest {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static LARGEST: Cell<usize> = const { Cell::new(0) };
+        }
+
+        pub fn reset() {
+            LARGEST.with(|largest| largest.set(0));
+        }
+
+        pub fn get() -> usize {
+            LARGEST.with(Cell::get)
+        }
+
+        fn note(size: usize) {
+            // `try_with`: a thread being torn down still allocates.
+            let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+        }
+
+        pub struct Tracking;
+
+        // SAFETY: every call is forwarded unchanged to the system allocator; noting the size
+        // touches a const-initialised thread-local only, which never allocates.
+        #[allow(unsafe_code)]
+        unsafe impl GlobalAlloc for Tracking {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size());
+                // SAFETY: as above.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from System with `layout`: every allocation goes through it.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size);
+                // SAFETY: as for dealloc; `new_size` is the caller's.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        /// The test binary's allocator (its tests only measure their own thread).
+        #[global_allocator]
+        static ALLOCATOR: Tracking = Tracking;
+    }
+
+    /// A small valid table: `f` at 0x1000..0x1010 and `g` at 0x1020..0x1030 (line 7), a gap
+    /// between, built for `build-a`.
+    fn small_table() -> Vec<u8> {
+        let mut builder = Builder::default();
+        let (f, g) = (builder.string("f"), builder.string("g"));
+        builder.scopes.push([f, NONE, NONE, 0]);
+        builder.scopes.push([g, NONE, NONE, 0]);
+        builder.segments.push((0x1000, 0x1010, 0, NONE, 7));
+        builder.segments.push((0x1020, 0x1030, 1, NONE, 7));
+        builder.encode(b"build-a").unwrap()
+    }
+
+    /// Where the segment records of [`small_table`] start (after the build ID, padded to 8).
+    const SMALL_SEGMENTS_AT: usize = 40;
+
+    fn patch(bytes: &mut [u8], at: usize, value: &[u8]) {
+        bytes[at..at + value.len()].copy_from_slice(value);
+    }
+
+    #[test]
+    fn a_corrupt_table_never_makes_the_reader_allocate_what_its_header_claims() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("x.symbols");
+        // Found by the fuzzer (fuzz/, symbol_table): a build ID of 0x7e7e7e7e bytes.
+        let mut crash = b"LFSYMTB1".to_vec();
+        crash.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        crash.extend_from_slice(&[0x7e; 14]);
+        crash.extend_from_slice(&[0xd3, 0x30, 0x0a]);
+        std::fs::write(&path, &crash).unwrap();
+        largest::reset();
+        assert!(matches!(
+            Table::open(&path, &[0x7e; 4]),
+            Err(TableError::Format { .. })
+        ));
+        assert!(largest::get() < 1 << 20, "{} bytes", largest::get());
+
+        // A valid table whose string `f` claims to end 3 GiB into the strings.
+        let mut bytes = small_table();
+        let offsets_at = bytes.len() - 4 * 3 - 2;
+        patch(&mut bytes, offsets_at + 4, &(3u32 << 30).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let table = Table::open(&path, b"build-a").unwrap();
+        largest::reset();
+        let (frames, _) = table.lookup(0x1004).unwrap();
+        assert_eq!(
+            frames[0].function, "",
+            "a string past the end reads as unknown"
+        );
+        assert!(largest::get() < 1 << 20, "{} bytes", largest::get());
+    }
+
+    #[test]
+    fn a_lookup_in_a_corrupt_table_gives_its_address_in_the_span_or_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("x.symbols");
+        let record = |index: usize| SMALL_SEGMENTS_AT + 16 * index;
+        // The last segment (the end of the code) made code: nothing follows to end its span.
+        let mut bytes = small_table();
+        patch(&mut bytes, record(3) + 4, &1u32.to_le_bytes());
+        // The gap after `f` moved past `g`: segments out of order.
+        patch(&mut bytes, record(1), &0x40u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let table = Table::open(&path, b"build-a").unwrap();
+        for address in (0x1000..0x1050).chain([0x1035, 0x1100]) {
+            if let Some((_, span)) = table.lookup(address) {
+                assert!(span.contains(&address), "{address:#x} outside {span:x?}");
+            }
+        }
+        // The code at the top of the address space: a span's end past u64::MAX.
+        let mut bytes = small_table();
+        patch(&mut bytes, 24, &(u64::MAX - 0x20).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let table = Table::open(&path, b"build-a").unwrap();
+        let top = u64::MAX - 0x20 + 0x20;
+        if let Some((frames, span)) = table.lookup(top) {
+            assert_eq!(frames[0].function, "g");
+            assert!(span.contains(&top), "{top:#x} outside {span:x?}");
+        }
+        assert_eq!(table.lookup(u64::MAX - 0x20).unwrap().0[0].function, "f");
     }
 }

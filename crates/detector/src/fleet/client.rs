@@ -341,8 +341,9 @@ pub fn parse_profile(body: &[u8]) -> Result<Profile, QueryError> {
     })
 }
 
-/// A connect error's message (`{"code":"...","message":"..."}`), else the body's first line.
-fn connect_message(body: &[u8]) -> String {
+/// A connect error's message (`{"code":"...","message":"..."}`), else the body's first line:
+/// what an error status from Pyroscope (or a proxy in front of it) says.
+pub fn connect_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct ConnectError {
         #[serde(default)]
