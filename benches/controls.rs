@@ -23,7 +23,7 @@
 //!   all ended and freed within about a second; half the batches start with the target, half
 //!   10 s later, the scans of a batch spread over a burst's period.
 //!
-//! **Leak targets** (issue 20), each run three times (`--reduced`: once), printed with their
+//! **Leak targets**, each run three times (`--reduced`: once), printed with their
 //! numbers, failing when one is missed:
 //! - a leak that has run 60 s (the lab at its default rates: heap, then tasks): `--until-found`
 //!   exits 1 within 2 s, by the `age` test;
