@@ -25,6 +25,9 @@ leakfinder_profiling::jemalloc!(
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    // Before any HTTP client is built (the exporters', the push's, scan's and fleet's): reqwest
+    // has no rustls crypto provider of its own here.
+    leakfinder_detector::tls::install_crypto_provider();
     match &config.command {
         Some(Command::Healthcheck) => {
             return match leakfinder::healthcheck::probe(config.addr) {

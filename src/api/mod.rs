@@ -7,6 +7,7 @@
 pub mod error;
 pub mod leaks;
 pub mod methods;
+pub mod payload;
 pub mod status;
 
 use std::sync::{Arc, OnceLock};

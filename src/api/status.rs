@@ -6,8 +6,10 @@ use std::time::Duration;
 use poem_openapi::param::Query;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use serde::Serialize;
 
 use super::error::ErrorBody;
+use super::payload::SerdeJson;
 use crate::app::AppState;
 use crate::leaks::safe::run_safe_channel_tasks;
 use crate::leaks::{LeakKind, LeakStatus};
@@ -34,7 +36,7 @@ impl StatusApi {
 }
 
 /// One leak's state.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct LeakState {
     /// A producer is started and not stopped (it may have stopped growing at its cap).
     pub active: bool,
@@ -61,7 +63,7 @@ impl From<LeakStatus> for LeakState {
 }
 
 /// The three leaks, by kind.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct LeakStates {
     /// Leak 1: the global slice `LEAKY_STORE_1`.
     pub slice: LeakState,
@@ -72,7 +74,7 @@ pub struct LeakStates {
 }
 
 /// The process as a whole.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct ProcessState {
     /// Resident set size.
     pub rss_bytes: u64,
@@ -111,7 +113,7 @@ pub struct ProcessState {
 }
 
 /// How the leaks grow.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct LeakSettingsView {
     /// Bytes retained per tick (`LEAK_CHUNK_BYTES`).
     pub chunk_bytes: u64,
@@ -122,7 +124,7 @@ pub struct LeakSettingsView {
 }
 
 /// The leak report.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 pub struct LeakReport {
     /// Each leak's state.
     pub leaks: LeakStates,
@@ -180,13 +182,13 @@ impl StatusApi {
     /// process: RSS, jemalloc's allocated and resident bytes (at most 100 ms old, with their age),
     /// and the number of alive tasks.
     #[oai(path = "/leak-test", method = "get")]
-    async fn leak_test(&self) -> Json<LeakReport> {
+    async fn leak_test(&self) -> SerdeJson<LeakReport> {
         let leaks = &self.state.leaks;
         let reading = self.state.memory.read();
         let memory = reading.stats;
         let tracking_cost = leakfinder_profiling::heap::tracking::cost();
         let settings = leaks.settings();
-        Json(LeakReport {
+        SerdeJson(LeakReport {
             leaks: LeakStates {
                 slice: leaks.status(LeakKind::Slice).into(),
                 channel: leaks.status(LeakKind::Channel).into(),

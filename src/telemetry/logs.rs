@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
 
@@ -88,14 +88,36 @@ impl<S> Filter<S> for ExporterWarnings {
     }
 }
 
+/// The log filter: `RUST_LOG`'s `level` and `target=level` directives when it is set and reads,
+/// else `default_filter` with the exporters quiet. A `Targets` filter, not `EnvFilter`: that one
+/// compiles its directives with `regex` at start-up, which made the regex engine's code (about
+/// 660 KiB) and its compiled programs resident in every idle service; span and field filters,
+/// which need it, are not offered.
+fn filter(rust_log: Option<&str>, default_filter: &str) -> Targets {
+    rust_log
+        .and_then(|directives| match directives.parse::<Targets>() {
+            Ok(targets) => Some(targets),
+            Err(error) => {
+                eprintln!(
+                    "RUST_LOG={directives:?} does not read ({error}); using the default filter"
+                );
+                None
+            }
+        })
+        .unwrap_or_else(|| {
+            format!("{default_filter},{DEFAULT_QUIET}")
+                .parse()
+                .unwrap_or_else(|_| Targets::new().with_default(Level::INFO))
+        })
+}
+
 /// A subscriber that honours `RUST_LOG` (falling back to `default_filter`) and writes to `sink`,
 /// so tests can silence or capture the logs. Records of crates that log through `log` are bridged in.
 pub fn subscriber<W>(default_filter: &str, sink: W) -> impl Subscriber + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},{DEFAULT_QUIET}")));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(sink)
         .with_ansi(false)
@@ -111,6 +133,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_the_default_keeps_exporters_quiet() {
+        let given = filter(Some("debug,poem=warn"), "info");
+        assert!(given.would_enable("leakfinder::app", &Level::DEBUG));
+        assert!(!given.would_enable("poem::server", &Level::INFO));
+        let default = filter(None, "info");
+        assert!(default.would_enable("leakfinder::app", &Level::INFO));
+        assert!(!default.would_enable("leakfinder::app", &Level::DEBUG));
+        assert!(!default.would_enable("opentelemetry_sdk::metrics", &Level::INFO));
+        assert!(default.would_enable("opentelemetry_sdk::metrics", &Level::WARN));
+        // A RUST_LOG that does not read falls back to the default, as EnvFilter's did.
+        let unreadable = filter(Some("info,=oops=="), "info");
+        assert!(unreadable.would_enable("leakfinder::app", &Level::INFO));
+        assert!(!unreadable.would_enable("pyroscope::session", &Level::INFO));
+    }
 
     #[test]
     fn one_warning_per_key_per_period_passes() {

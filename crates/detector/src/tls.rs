@@ -75,6 +75,7 @@ impl CaCerts {
 
     /// A client builder that trusts the system's roots and these.
     pub fn client_builder(&self) -> reqwest::blocking::ClientBuilder {
+        install_crypto_provider();
         let builder = reqwest::blocking::Client::builder();
         if self.certificates.is_empty() {
             builder
@@ -82,6 +83,23 @@ impl CaCerts {
             builder.tls_certs_merge(self.certificates.iter().cloned())
         }
     }
+}
+
+/// Makes ring the process's rustls crypto provider, unless one is set already: reqwest is built
+/// without a provider of its own (see `Cargo.toml`), so every client, ours and those that
+/// libraries build (the OTLP exporter's), needs one before it is built. Idempotent.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one first: that one serves as well.
+        let _ = ring_provider().install_default();
+    }
+}
+
+/// rustls's ring provider. rustls 0.23.48 deprecates it for lacking post-quantum key exchange
+/// (X25519MLKEM768, which aws-lc-rs has); classical X25519 protects a profile scan or query.
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// What failed in a TLS handshake.

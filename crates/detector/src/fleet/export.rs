@@ -33,6 +33,8 @@ impl Export {
             OtlpProtocol::HttpProtobuf => Protocol::HttpBinary,
             OtlpProtocol::HttpJson => Protocol::HttpJson,
         };
+        // The exporter builds its own reqwest client, which needs a crypto provider.
+        crate::tls::install_crypto_provider();
         let mut exporter = MetricExporter::builder()
             .with_http()
             .with_endpoint(url.to_owned())

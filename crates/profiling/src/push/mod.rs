@@ -436,6 +436,14 @@ fn unix_nanos(at: Instant) -> i64 {
 
 impl Pusher {
     fn run(mut self, finish: &mpsc::Receiver<Instant>) {
+        // reqwest is built without a crypto provider of its own (see Cargo.toml): ring, unless
+        // the service installed one.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange;
+            // classical X25519 protects a profile push.
+            #[allow(deprecated)]
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         // Built here: a blocking client must not be created inside the async runtime.
         let client = match reqwest::blocking::Client::builder()
             .timeout(PUSH_TIMEOUT)
