@@ -129,6 +129,7 @@ impl Load {
         let url = format!("{base}/safe-test?tasks=10");
         let stopped = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
+            leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
             let client = reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -156,6 +157,7 @@ impl Drop for Load {
 
 /// GET `path` on the lab, which must answer 200.
 fn get(base: &str, path: &str) {
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let response = reqwest::blocking::get(format!("{base}{path}")).expect("the lab answers");
     assert!(response.status().is_success(), "GET {path}");
 }

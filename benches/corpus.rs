@@ -86,6 +86,7 @@ impl Verdict {
 /// The functions on every stack of Go's `goroutineleak` profile (`debug=1` text: frame lines
 /// read `#\t0x4a1b2c\tmain.f+0x23\t/path/main.go:24`).
 fn go_leak_profile(url: &str) -> Result<Vec<String>, String> {
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let text = reqwest::blocking::get(format!("{url}/debug/pprof/goroutineleak?debug=1"))
         .and_then(reqwest::blocking::Response::error_for_status)
         .and_then(reqwest::blocking::Response::text)

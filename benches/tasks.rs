@@ -57,6 +57,7 @@ async fn main() {
     .await;
     app.get_json("/stop-leak/channel", 200).await;
 
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let client = reqwest::Client::new();
     let go_url = format!("{}/debug/pprof/goroutine", go.url);
     let our_url = app.url("/debug/pprof/goroutine");

@@ -95,6 +95,7 @@ fn the_http_readme_s_program_serves_pprof_and_pushes_its_last_profiles_on_sigter
     let mut program = start_readme_program(HTTP_README);
     let line = program.first_line(HTTP_README.1, |line| line.starts_with("listening on "));
     program.example.base = line["listening on ".len()..].trim().to_owned();
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let heap = reqwest::blocking::get(program.example.url("/debug/pprof/heap")).unwrap();
     assert_eq!(heap.status(), 200);
     assert!(
@@ -180,6 +181,7 @@ fn check_example(name: &'static str, service: &str) {
     let await_line = marked_line(&source, "// leak: tasks");
     let pyroscope = FakePyroscope::start();
     let mut example = Example::start(name, &pyroscope.url);
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

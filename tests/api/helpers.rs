@@ -63,6 +63,7 @@ pub fn spawn_binary(binary: &std::path::Path, env: &[(&str, &str)]) -> TestApp {
         let _ = child.wait();
         panic!("the service did not log its address within 20 s");
     };
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()

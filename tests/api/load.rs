@@ -32,6 +32,7 @@ pub struct SoakResult {
 /// 1 s interval. Every request has a 10 s timeout, so a wedged service shows as failures, not as a
 /// hung test.
 pub async fn soak_task_profiles(app: &TestApp, length: Duration, every: Duration) -> SoakResult {
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

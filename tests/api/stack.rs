@@ -714,6 +714,7 @@ async fn start_prometheus() -> Prometheus {
         url: format!("http://127.0.0.1:{port}"),
         _data: data,
     };
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let client = reqwest::Client::new();
     for _ in 0..300 {
         let ready = client
@@ -781,6 +782,7 @@ async fn every_promql_expression_returns_data_from_real_prometheus() {
             .spawn()
             .unwrap(),
     );
+    leakfinder_detector::tls::install_crypto_provider(); // reqwest brings no rustls provider here
     let client = reqwest::Client::new();
     let slice = "leakfinder_leak_retained_bytes{job=\"leakfinder\", leak=\"slice\"}";
     let value = |result: &[Value]| -> f64 {
