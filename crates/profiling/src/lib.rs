@@ -159,7 +159,7 @@ impl Profilers {
         let windows = sampler.collect(duration).await?;
         let symbols = Arc::clone(&self.symbols);
         tokio::task::spawn_blocking(move || {
-            let frames = symbols.resolve(cpu::lookup_addresses(&windows));
+            let frames = symbols.resolve_samples(cpu::lookup_addresses(&windows));
             cpu::build_profile(&windows, &frames)
         })
         .await

@@ -25,6 +25,8 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use memmap2::Mmap;
 
@@ -37,6 +39,8 @@ const NONE: u32 = u32::MAX;
 const BLOCK: usize = 256;
 /// The deepest chain of inlined calls followed (a corrupt file's cycle ends here).
 const MAX_DEPTH: usize = 256;
+/// The most bytes the memo of scopes and strings holds; past it, it starts over.
+const MAX_MEMO_BYTES: usize = 1 << 20;
 
 /// Why a table cannot be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -351,8 +355,15 @@ impl Builder {
 /// An open table. Lookups read the few bytes they need with positioned reads: a mapping would
 /// fault in 64 KiB around every byte read (the kernel's fault-around), and a first profile's
 /// thousands of new addresses would map much of the file at once.
+///
+/// The scopes and strings read are kept (a memo, at most 1 MiB): the addresses a service's profiles meet
+/// share a few hundred functions and files, so a new address costs one read (its block of
+/// segments) once its functions have been seen, where each frame cost five.
 pub struct Table {
     file: std::fs::File,
+    memo: Mutex<Memo>,
+    /// Positioned reads made, for the tests.
+    reads: AtomicU64,
     base: u64,
     /// Every [`BLOCK`]th segment's start, read once (11 KiB for this binary).
     directory: Box<[u32]>,
@@ -416,6 +427,8 @@ impl Table {
             .collect();
         Ok(Self {
             file,
+            memo: Mutex::default(),
+            reads: AtomicU64::new(0),
             base,
             directory,
             segments: segments_at..directory_at,
@@ -446,7 +459,38 @@ impl Table {
         if at < within.start || end > within.end {
             return None;
         }
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.file.read_exact_at(buffer, at).ok()
+    }
+
+    /// Bytes the memo of scopes and strings holds now (at most 1 MiB).
+    pub fn memo_bytes(&self) -> usize {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes
+    }
+
+    /// Scope `id`'s record, from the memo or read (and kept).
+    fn scope(&self, memo: &mut Memo, id: u32) -> Option<[u32; 4]> {
+        if let Some(record) = memo.scopes.get(&id) {
+            return Some(*record);
+        }
+        let record = self.record(&self.scopes, u64::from(id))?;
+        memo.make_room(Memo::SCOPE_BYTES);
+        memo.scopes.insert(id, record);
+        Some(record)
+    }
+
+    /// String `id`, from the memo or read (and kept).
+    fn memo_string(&self, memo: &mut Memo, id: u32) -> String {
+        if let Some(text) = memo.strings.get(&id) {
+            return text.to_string();
+        }
+        let text = self.string(id);
+        memo.make_room(text.len() + Memo::STRING_BYTES);
+        memo.strings.insert(id, text.as_str().into());
+        text
     }
 
     /// Record `index` of a table of 16-byte records.
@@ -545,12 +589,12 @@ impl Table {
         }
         let mut frames = Vec::new();
         let (mut scope, mut file, mut line) = (scope, file, line);
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         while frames.len() < MAX_DEPTH {
-            let [name, parent, call_file, call_line] =
-                self.record(&self.scopes, u64::from(scope))?;
+            let [name, parent, call_file, call_line] = self.scope(&mut memo, scope)?;
             frames.push(RawFrame {
-                function: self.string(name),
-                file: self.string(file),
+                function: self.memo_string(&mut memo, name),
+                file: self.memo_string(&mut memo, file),
                 line,
             });
             if parent == NONE {
@@ -559,6 +603,30 @@ impl Table {
             (scope, file, line) = (parent, call_file, call_line);
         }
         Some((frames, span))
+    }
+}
+
+/// The scope records and strings a table has read, by id: what the frames of nearby addresses
+/// share. Bounded by [`MAX_MEMO_BYTES`] (approximately: entries and their share of the maps).
+#[derive(Default)]
+struct Memo {
+    scopes: HashMap<u32, [u32; 4]>,
+    strings: HashMap<u32, Box<str>>,
+    bytes: usize,
+}
+
+impl Memo {
+    /// A scope entry: key, record and the map's overhead.
+    const SCOPE_BYTES: usize = 4 + 16 + 8;
+    /// A string entry, without its text: key, box and the map's overhead.
+    const STRING_BYTES: usize = 4 + 16 + 8;
+
+    /// Counts `bytes` more, first starting over if they would pass the bound.
+    fn make_room(&mut self, bytes: usize) {
+        if self.bytes + bytes > MAX_MEMO_BYTES {
+            *self = Self::default();
+        }
+        self.bytes += bytes;
     }
 }
 
@@ -662,6 +730,69 @@ mod tests {
             Table::open(&path, b"build-a"),
             Err(TableError::Format { .. })
         ));
+    }
+
+    #[test]
+    fn a_new_address_in_functions_already_seen_costs_one_read() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("x.symbols");
+        let mut builder = Builder::default();
+        let (outer, inner, file) = (
+            builder.string("outer"),
+            builder.string("inner"),
+            builder.string("src/a.rs"),
+        );
+        builder.scopes.push([outer, NONE, NONE, 0]);
+        builder.scopes.push([inner, 0, file, 3]);
+        builder.segments.push((0x1000, 0x1010, 1, file, 7));
+        builder.segments.push((0x1010, 0x1020, 1, file, 8));
+        std::fs::write(&path, builder.encode(b"build").unwrap()).unwrap();
+        let table = Table::open(&path, b"build").unwrap();
+        let reads = || table.reads.load(Ordering::Relaxed);
+
+        let before = reads();
+        let (first, _) = table.lookup(0x1004).unwrap();
+        let first_reads = reads() - before;
+        let before = reads();
+        let (second, _) = table.lookup(0x1014).unwrap();
+        assert_eq!(reads() - before, 1, "only the block of segments is read");
+        assert!(
+            first_reads > 5,
+            "the first lookup reads its scopes and strings"
+        );
+        let names = |frames: &[RawFrame]| {
+            frames
+                .iter()
+                .map(|frame| (frame.function.clone(), frame.file.clone(), frame.line))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&first),
+            [
+                ("inner".into(), "src/a.rs".into(), 7),
+                ("outer".into(), "src/a.rs".into(), 3)
+            ]
+        );
+        assert_eq!(names(&second)[0], ("inner".into(), "src/a.rs".into(), 8));
+        assert!(table.memo_bytes() > 0);
+    }
+
+    #[test]
+    fn the_memo_starts_over_at_its_bound() {
+        let mut memo = Memo::default();
+        memo.scopes.insert(1, [0; 4]);
+        memo.make_room(MAX_MEMO_BYTES - 10);
+        assert_eq!(memo.scopes.len(), 1);
+        memo.make_room(20);
+        assert!(
+            memo.scopes.is_empty(),
+            "past the bound, what was kept is dropped"
+        );
+        assert_eq!(memo.bytes, 20);
+        for _ in 0..100_000 {
+            memo.make_room(Memo::STRING_BYTES + 40);
+            assert!(memo.bytes <= MAX_MEMO_BYTES);
+        }
     }
 
     /// The largest single allocation made on this thread since [`largest::reset`]: what a

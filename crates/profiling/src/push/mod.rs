@@ -575,7 +575,7 @@ impl Pusher {
         let frames = self
             .profilers
             .symbols
-            .resolve(cpu::lookup_addresses(&collected));
+            .resolve_samples(cpu::lookup_addresses(&collected));
         let profile = cpu::build_profile(&collected, &frames);
         self.enqueue(CPU_PROFILE, encode_gzip(&profile));
     }

@@ -17,7 +17,7 @@ pub mod objects;
 /// `leakfinder` command writes tables with), under the paths they have always had here.
 pub use leakfinder_symbols::{dwarf, table};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +29,11 @@ use leakfinder_pprof::Frame;
 
 /// The most addresses kept; past it the index starts over (profiles name far fewer).
 const MAX_INDEXED_ADDRESSES: usize = 200_000;
+/// The batches [`RecentBatches`] keeps: the heap and task profiles of the leak watch and of the
+/// push, each asked for again and again, with room for a few variants of each.
+const RECENT_BATCHES: usize = 8;
+/// A batch of more addresses than this (a long CPU profile's) is answered but not kept.
+const MAX_RECENT_ADDRESSES: usize = 16_384;
 
 /// Symbolises addresses of this process, keeping what it resolved.
 #[derive(Default)]
@@ -39,6 +44,8 @@ pub struct Symbolizer {
     resolving: Mutex<()>,
     /// CPU time spent in [`Self::resolve`], in nanoseconds.
     cpu_nanos: AtomicU64,
+    /// The answers to the last few batches of addresses.
+    recent: RecentBatches,
     /// The symbol tables of libc and the other shared objects, read on their first frame.
     objects: objects::SharedObjects,
     /// Stripped from the program's own source paths (with its trailing `/`), if set.
@@ -47,6 +54,55 @@ pub struct Symbolizer {
 
 /// Frames by address, as [`Symbolizer::resolve`] returns them.
 pub type FramesByAddress = HashMap<u64, Arc<[Frame]>, BuildHasherDefault<AddressHash>>;
+
+/// The answers to the last few batches of addresses, by the batch (sorted, each address once).
+///
+/// The leak watch symbolises a heap profile every second and a task profile as often, and the
+/// push both again every interval: their addresses change only when a new stack appears. Until
+/// then the answer given last time is shared, where rebuilding it touched every address's entry
+/// and chain, a cache miss each on a service that was idle in between (a hundred times the cost
+/// of the same work in a loop, measured).
+#[derive(Default)]
+struct RecentBatches(Mutex<VecDeque<Batch>>);
+
+/// A batch of addresses (sorted, each once) and the answer given to it.
+type Batch = (Box<[u64]>, Arc<FramesByAddress>);
+
+impl RecentBatches {
+    /// The answer to exactly this batch, if it is kept (and now the most recent).
+    fn find(&self, addresses: &[u64]) -> Option<Arc<FramesByAddress>> {
+        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let position = batches
+            .iter()
+            .position(|(batch, _)| **batch == *addresses)?;
+        let hit = batches.remove(position)?;
+        let frames = Arc::clone(&hit.1);
+        batches.push_front(hit);
+        Some(frames)
+    }
+
+    /// Keeps an answer, dropping the least recent past [`RECENT_BATCHES`].
+    fn keep(&self, addresses: Vec<u64>, frames: &Arc<FramesByAddress>) {
+        if addresses.len() > MAX_RECENT_ADDRESSES {
+            return;
+        }
+        let mut batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        batches.push_front((addresses.into_boxed_slice(), Arc::clone(frames)));
+        batches.truncate(RECENT_BATCHES);
+    }
+
+    /// Bytes the kept batches hold: their addresses and maps (the chains are the index's).
+    fn bytes(&self) -> usize {
+        let batches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        batches
+            .iter()
+            .map(|(batch, frames)| {
+                batch.len() * size_of::<u64>()
+                    + frames.capacity() * (size_of::<u64>() + size_of::<Arc<[Frame]>>() + 1)
+            })
+            .sum()
+    }
+}
 
 /// A hash for code addresses: one multiply, folded. Addresses are not chosen by an attacker, so
 /// SipHash's resistance to flooding buys nothing here, and it was most of the cost of a profile
@@ -179,17 +235,59 @@ impl Symbolizer {
 
     /// Frames for each address, innermost (inlined) first. Pass instruction addresses: for a
     /// return address, one byte earlier (see [`caller`]), so the lookup lands inside the call.
-    /// Blocking: run it off the async workers.
-    pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> FramesByAddress {
+    /// The same addresses as one of the last few calls (in any order, repeated or not) get that
+    /// call's answer, shared. Blocking: run it off the async workers.
+    pub fn resolve(&self, addresses: impl IntoIterator<Item = u64>) -> Arc<FramesByAddress> {
+        self.resolve_and_keep(addresses, true)
+    }
+
+    /// [`Self::resolve`] for a CPU profile's addresses: a batch of samples is never asked for
+    /// again, so it is not kept among the recent batches (where it would only push out the heap
+    /// and task profiles' batches, which are).
+    pub fn resolve_samples(
+        &self,
+        addresses: impl IntoIterator<Item = u64>,
+    ) -> Arc<FramesByAddress> {
+        self.resolve_and_keep(addresses, false)
+    }
+
+    fn resolve_and_keep(
+        &self,
+        addresses: impl IntoIterator<Item = u64>,
+        keep: bool,
+    ) -> Arc<FramesByAddress> {
         let started = crate::thread_cpu_time();
-        let mut found = FramesByAddress::default();
+        // A profile names each address many times (every stack through it): sorted and
+        // deduplicated first, the batch is compared with the recent ones, and otherwise each
+        // address is looked up in the index once.
+        let mut addresses: Vec<u64> = addresses.into_iter().collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        let found = match self.recent.find(&addresses) {
+            Some(found) => found,
+            None => {
+                let found = Arc::new(self.resolve_batch(&addresses));
+                if keep {
+                    self.recent.keep(addresses, &found);
+                }
+                found
+            }
+        };
+        let spent = crate::thread_cpu_time().saturating_sub(started);
+        self.cpu_nanos
+            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+        found
+    }
+
+    /// Frames for each of `addresses` (sorted, each once), from the index or, for those it does
+    /// not hold yet, from the symbol tables (and kept in the index).
+    fn resolve_batch(&self, addresses: &[u64]) -> FramesByAddress {
+        let mut found =
+            FramesByAddress::with_capacity_and_hasher(addresses.len(), Default::default());
         let mut missing = Vec::new();
         {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-            for address in addresses {
-                if found.contains_key(&address) {
-                    continue;
-                }
+            for &address in addresses {
                 match index.chain(address) {
                     Some(chain) => {
                         found.insert(address, Arc::clone(chain));
@@ -199,8 +297,6 @@ impl Symbolizer {
             }
         }
         if !missing.is_empty() {
-            missing.sort_unstable();
-            missing.dedup();
             // The index is long-lived: neither it nor the reading shows in the heap profile.
             let _unsampled = UnsampledThread::begin();
             let _one_batch = self
@@ -240,9 +336,6 @@ impl Symbolizer {
                 }
             }
         }
-        let spent = crate::thread_cpu_time().saturating_sub(started);
-        self.cpu_nanos
-            .fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
         found
     }
 
@@ -303,12 +396,14 @@ impl Symbolizer {
             .len()
     }
 
-    /// Bytes the index holds (entries, shared chains and strings, and the debug info's lookup
-    /// tables), approximately.
+    /// Bytes the index holds (entries, shared chains and strings, the debug info's lookup
+    /// tables and the prebuilt table's memo), approximately.
     pub fn index_bytes(&self) -> usize {
-        let tables = dwarf::DebugInfo::loaded().map_or(0, dwarf::DebugInfo::table_bytes);
+        let tables = dwarf::DebugInfo::loaded().map_or(0, dwarf::DebugInfo::table_bytes)
+            + prebuilt_table().map_or(0, table::Table::memo_bytes);
         let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
         tables
+            + self.recent.bytes()
             + self.objects.bytes()
             + index.bytes
             + index.frames.capacity() * (size_of::<u64>() + size_of::<Arc<[Frame]>>() + 1)
@@ -517,6 +612,40 @@ mod tests {
         assert_eq!(entries.get(&(start + 3)), Some(&start), "{entries:x?}");
         assert_eq!(entries.get(&(getpid + 1)), Some(&getpid), "{entries:x?}");
         assert_eq!(entries.get(&8), None, "no function holds address 8");
+    }
+
+    #[test]
+    fn the_same_batch_again_is_answered_with_the_answer_given_last_time() {
+        let symbolizer = Symbolizer::default();
+        let [a, b, c] = [
+            a_function_to_find as *const () as u64,
+            source_path as *const () as u64,
+            caller as *const () as u64,
+        ];
+        let first = symbolizer.resolve([a, b, b]);
+        // The same addresses in another order, repeated otherwise: the same batch.
+        let again = symbolizer.resolve([b, a, a]);
+        assert!(Arc::ptr_eq(&first, &again), "shared, not rebuilt");
+        assert_eq!(first.len(), 2);
+        let other = symbolizer.resolve([a, b, c]);
+        assert!(!Arc::ptr_eq(&first, &other), "another batch is resolved");
+        assert_eq!(other[&a], first[&a], "from the same index");
+        // Past RECENT_BATCHES other batches, the first is no longer kept.
+        for k in 0..RECENT_BATCHES as u64 {
+            symbolizer.resolve([a + 1 + k]);
+        }
+        assert!(!Arc::ptr_eq(&first, &symbolizer.resolve([a, b])));
+        // A CPU profile's batch is answered, not kept.
+        let samples = symbolizer.resolve_samples([a, c]);
+        assert_eq!(samples[&c], other[&c]);
+        assert!(!Arc::ptr_eq(&samples, &symbolizer.resolve_samples([a, c])));
+        // A batch too large to keep is answered all the same.
+        let large: Vec<u64> = (0..=MAX_RECENT_ADDRESSES as u64).map(|k| a + k).collect();
+        assert_eq!(symbolizer.resolve(large.iter().copied()).len(), large.len());
+        assert!(!Arc::ptr_eq(
+            &symbolizer.resolve(large.iter().copied()),
+            &symbolizer.resolve(large.iter().copied())
+        ));
     }
 
     #[test]
