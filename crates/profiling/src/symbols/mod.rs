@@ -257,6 +257,8 @@ impl Symbolizer {
         keep: bool,
     ) -> Arc<FramesByAddress> {
         let started = crate::thread_cpu_time();
+        // The kept batches are long-lived: like the index, they never show in the heap profile.
+        let _unsampled = UnsampledThread::begin();
         // A profile names each address many times (every stack through it): sorted and
         // deduplicated first, the batch is compared with the recent ones, and otherwise each
         // address is looked up in the index once.
@@ -297,8 +299,6 @@ impl Symbolizer {
             }
         }
         if !missing.is_empty() {
-            // The index is long-lived: neither it nor the reading shows in the heap profile.
-            let _unsampled = UnsampledThread::begin();
             let _one_batch = self
                 .resolving
                 .lock()
