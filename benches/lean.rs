@@ -229,7 +229,9 @@ struct Table {
 
 impl Table {
     /// Prints a row of paired measurements and checks its ratio (Rust / Go) against `target`.
-    fn ratio(&mut self, row: &str, unit: &str, rust: &[f64], go: &[f64], target: Target) {
+    /// Prints a row measured on both programs, checks the median of the paired ratios against
+    /// `target`, and returns that median.
+    fn ratio(&mut self, row: &str, unit: &str, rust: &[f64], go: &[f64], target: Target) -> f64 {
         let ratios: Vec<f64> = rust.iter().zip(go).map(|(r, g)| r / g).collect();
         let (low, high) = ratios
             .iter()
@@ -241,6 +243,7 @@ impl Table {
             median(&ratios),
         );
         self.check(row, median(&ratios), target);
+        median(&ratios)
     }
 
     /// Prints a row measured on leakfinder alone and checks it against `target`.
@@ -348,14 +351,13 @@ fn leak_test_throughput(table: &mut Table, go: &Path) {
     // the machine: 1.13 and 0.98 in two CI runs of the same code, 1.04 (1.03 to 1.06) here. A
     // gate at exactly 1.0 fails at random; the gate is parity within 5%, and whether the median
     // reached 1.0 is printed.
-    table.ratio(
+    let median_ratio = table.ratio(
         "/leak-test throughput",
         "req/s",
         rust,
         go,
         Target::AtLeast(0.95),
     );
-    let median_ratio = median(&rust.iter().zip(go).map(|(r, g)| r / g).collect::<Vec<_>>());
     println!(
         "    issue 10's aim, at least 1.0: {}",
         if median_ratio >= 1.0 {
@@ -649,10 +651,10 @@ fn symbolising_share(table: &mut Table, minutes: u64) {
     // in the service, a call costs 10 to 100 times what the same call costs in a loop (18 us for
     // 1,800 addresses). So the share moves with the machine's other tenants, not the code: the
     // same binary read 2.75% in a fresh-clone run of `.ci/run` here, 4.29% in CI, and 4.5% to
-    // 7.1% in four runs on one later afternoon here. What keeps it small is gated where it can be (unit tests in
-    // leakfinder-symbols and leakfinder-profiling): an address is read from the symbol table
-    // once, a new address in functions already seen costs one read, and the same batch of
-    // addresses again is answered with the answer given last time.
+    // 7.1% in four runs on one later afternoon here. What keeps it small is gated where it can
+    // be (unit tests in leakfinder-symbols and leakfinder-profiling): an address is read from
+    // the symbol table once, a new address in functions already seen costs one read, and the
+    // same batch of addresses again is answered with the answer given last time.
     table.single("symbolising share", "%", &[share], Target::None);
     println!(
         "    issue 10's target, at most 2%: {}",

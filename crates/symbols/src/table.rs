@@ -25,7 +25,6 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use memmap2::Mmap;
@@ -356,14 +355,15 @@ impl Builder {
 /// fault in 64 KiB around every byte read (the kernel's fault-around), and a first profile's
 /// thousands of new addresses would map much of the file at once.
 ///
-/// The scopes and strings read are kept (a memo, at most 1 MiB): the addresses a service's profiles meet
-/// share a few hundred functions and files, so a new address costs one read (its block of
-/// segments) once its functions have been seen, where each frame cost five.
+/// The scopes and strings read are kept (a memo, at most 1 MiB): the addresses a service's
+/// profiles meet share a few hundred functions and files, so a new address costs one read (its
+/// block of segments) once its functions have been seen, where each frame cost five.
 pub struct Table {
     file: std::fs::File,
     memo: Mutex<Memo>,
-    /// Positioned reads made, for the tests.
-    reads: AtomicU64,
+    /// Positioned reads made, counted for the tests only.
+    #[cfg(test)]
+    reads: std::sync::atomic::AtomicU64,
     base: u64,
     /// Every [`BLOCK`]th segment's start, read once (11 KiB for this binary).
     directory: Box<[u32]>,
@@ -428,7 +428,8 @@ impl Table {
         Ok(Self {
             file,
             memo: Mutex::default(),
-            reads: AtomicU64::new(0),
+            #[cfg(test)]
+            reads: Default::default(),
             base,
             directory,
             segments: segments_at..directory_at,
@@ -459,7 +460,9 @@ impl Table {
         if at < within.start || end > within.end {
             return None;
         }
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.file.read_exact_at(buffer, at).ok()
     }
 
@@ -748,7 +751,7 @@ mod tests {
         builder.segments.push((0x1010, 0x1020, 1, file, 8));
         std::fs::write(&path, builder.encode(b"build").unwrap()).unwrap();
         let table = Table::open(&path, b"build").unwrap();
-        let reads = || table.reads.load(Ordering::Relaxed);
+        let reads = || table.reads.load(std::sync::atomic::Ordering::Relaxed);
 
         let before = reads();
         let (first, _) = table.lookup(0x1004).unwrap();
